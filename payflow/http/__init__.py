@@ -1,0 +1,1 @@
+"""HTTP layer: thin aiohttp handlers, routes and middlewares over `PaymentService`."""

@@ -1,0 +1,13 @@
+"""Typed keys of what the app holds; set in `app.py`'s cleanup contexts, read by handlers."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from payflow.service import PaymentService
+from payflow.settings import Settings
+from payflow.store import PaymentStore
+
+SETTINGS = web.AppKey("SETTINGS", Settings)
+STORE = web.AppKey("STORE", PaymentStore)
+SERVICE = web.AppKey("SERVICE", PaymentService)

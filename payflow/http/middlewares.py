@@ -1,0 +1,127 @@
+"""Request id, bearer auth and the one error → JSON mapping; no handler builds its own error body."""
+
+from __future__ import annotations
+
+import hmac
+import re
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any, Literal
+
+from aiohttp import web
+
+from payflow import errors, logs
+from payflow.http import keys
+
+log = logs.get_logger(__name__)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+AuthLevel = Literal["api", "admin"]
+
+_REQUEST_ID = re.compile(r"^[0-9A-Za-z._-]{1,64}$")
+NOTIFY_PATH = "/v1/wechat/notify"
+
+_STATUS: list[tuple[type[errors.PayflowError], int]] = [
+    (errors.Unauthorized, 401),
+    (errors.NotFound, 404),
+    (errors.IllegalTransition, 409),
+    (errors.GuardRejected, 409),
+    (errors.StaleState, 409),
+    (errors.Conflict, 409),
+    (errors.WechatRetryable, 503),
+    (errors.WechatFinal, 502),
+    (errors.StoreUnavailable, 503),
+]
+
+
+def requires(level: AuthLevel) -> Callable[[Handler], Handler]:
+    """Mark a handler as needing the api token (or admin token) or the admin token."""
+
+    def mark(handler: Handler) -> Handler:
+        handler.auth = level  # type: ignore[attr-defined]
+        return handler
+
+    return mark
+
+
+def _status_of(exc: errors.PayflowError) -> int:
+    if isinstance(exc, errors.InvalidRequest):
+        return {"invalid_json": 400, "unsupported_media_type": 415}.get(exc.code, 422)
+    for cls, status in _STATUS:
+        if isinstance(exc, cls):
+            return status
+    return 500
+
+
+def _error(request: web.Request, status: int, code: str, message: str, **extra: Any) -> web.Response:
+    if request.path == NOTIFY_PATH:
+        # WeChat reads {"code": "FAIL", "message": ...}; any non-2xx makes it retry.
+        return web.json_response({"code": "FAIL", "message": message}, status=status)
+    body: dict[str, Any] = {"code": code, "message": message, **extra}
+    return web.json_response({"error": body}, status=status)
+
+
+@web.middleware
+async def request_id_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    given = request.headers.get("X-Request-Id", "")
+    request_id = given if _REQUEST_ID.match(given) else uuid.uuid4().hex
+    with logs.bound(request_id=request_id):
+        response = await handler(request)
+    response.headers["X-Request-Id"] = request_id
+    return response
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except errors.PayflowError as exc:
+        status = _status_of(exc)
+        extra: dict[str, Any] = {}
+        if isinstance(exc, errors.InvalidRequest) and exc.field:
+            extra["field"] = exc.field
+        if isinstance(exc, errors.WechatError) and exc.wechat_code:
+            extra["wechat_code"] = exc.wechat_code
+        if status >= 500:
+            log.warning("request.failed", status=status, error=exc.code, message=str(exc))
+        return _error(request, status, exc.code, str(exc), **extra)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        code = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}.get(
+            exc.status, exc.reason.lower().replace(" ", "_"))
+        message = exc.text if exc.text and not exc.text.startswith(f"{exc.status}:") else exc.reason
+        return _error(request, exc.status, code, message)
+    except Exception:
+        # The trace goes to the log, never to the client.
+        log.exception("request.crashed", method=request.method, path=request.path)
+        return _error(request, 500, "internal", "internal error; the request id is in X-Request-Id")
+
+
+@web.middleware
+async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    route_handler = request.match_info.route.handler
+    level: AuthLevel | None = getattr(route_handler, "auth", None)
+    if level is not None:
+        settings = request.app[keys.SETTINGS]
+        presented = _bearer(request)
+        allowed = [settings.admin_token] if level == "admin" else [settings.api_token, settings.admin_token]
+        # Compare against every configured token (constant time each) so timing says nothing about which.
+        matches = [hmac.compare_digest(presented.encode(), token.encode()) for token in allowed if token]
+        if presented == "" or not any(matches):
+            raise errors.Unauthorized(f"a valid {level} bearer token is required")
+    return await handler(request)
+
+
+def _bearer(request: web.Request) -> str:
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    return token.strip() if scheme.lower() == "bearer" else ""
+
+
+@web.middleware
+async def body_limit_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Refuse a declared oversized body before reading it; chunked bodies hit client_max_size on read."""
+    limit = request.app[keys.SETTINGS].max_body_bytes
+    if request.content_length is not None and request.content_length > limit:
+        raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=request.content_length)
+    return await handler(request)

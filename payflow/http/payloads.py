@@ -1,0 +1,95 @@
+"""Request parsing and validation: JSON bodies and path parameters → typed requests, or a clear 4xx."""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+from aiohttp import web
+
+from payflow import errors
+from payflow.service import NewPayment
+
+OUT_TRADE_NO = re.compile(r"^[0-9A-Za-z_-]{6,32}$")
+MAX_EXPIRES_IN = 7 * 86400  # WeChat's default order lifetime; longer is almost always a unit mistake
+
+_NEW_PAYMENT_FIELDS = {"order_id", "amount", "description", "openid", "attach", "out_trade_no", "expires_in"}
+
+
+class BadJson(errors.InvalidRequest):
+    code = "invalid_json"
+
+
+class UnsupportedMediaType(errors.InvalidRequest):
+    code = "unsupported_media_type"
+
+
+async def read_json_object(request: web.Request) -> dict[str, Any]:
+    """The body as a JSON object; 415 for another content type, 400 for malformed JSON, 413 if too big."""
+    if request.content_type != "application/json":
+        raise UnsupportedMediaType(f"Content-Type must be application/json, not {request.content_type!r}")
+    raw = await request.read()  # raises 413 past the app's client_max_size
+    try:
+        body = json.loads(raw)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise BadJson(f"the body is not valid JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise BadJson("the body must be a JSON object")
+    return body
+
+
+def out_trade_no(value: str) -> str:
+    if not OUT_TRADE_NO.match(value):
+        raise errors.InvalidRequest("out_trade_no must be 6-32 characters of [0-9A-Za-z_-]", field="out_trade_no")
+    return value
+
+
+def _text(body: dict[str, Any], name: str, *, max_len: int, required: bool = True) -> str | None:
+    value = body.get(name)
+    if value is None:
+        if required:
+            raise errors.InvalidRequest(f"{name} is required", field=name)
+        return None
+    if not isinstance(value, str):
+        raise errors.InvalidRequest(f"{name} must be a string", field=name)
+    if not value.strip():
+        raise errors.InvalidRequest(f"{name} must not be empty", field=name)
+    if len(value) > max_len:
+        raise errors.InvalidRequest(f"{name} must be at most {max_len} characters", field=name)
+    if any(ord(ch) < 0x20 for ch in value):
+        raise errors.InvalidRequest(f"{name} must not contain control characters", field=name)
+    return value
+
+
+def _integer(body: dict[str, Any], name: str, *, low: int, high: int, required: bool = True) -> int | None:
+    value = body.get(name)
+    if value is None:
+        if required:
+            raise errors.InvalidRequest(f"{name} is required", field=name)
+        return None
+    # bool is an int in Python; 1.0 is not an amount in fen.
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise errors.InvalidRequest(f"{name} must be an integer", field=name)
+    if not low <= value <= high:
+        raise errors.InvalidRequest(f"{name} must be between {low} and {high}", field=name)
+    return value
+
+
+def new_payment(body: dict[str, Any]) -> NewPayment:
+    unknown = sorted(set(body) - _NEW_PAYMENT_FIELDS)
+    if unknown:
+        raise errors.InvalidRequest(f"unknown field(s): {', '.join(unknown)}", field=unknown[0])
+    trade_no = _text(body, "out_trade_no", max_len=32, required=False)
+    if trade_no is not None:
+        out_trade_no(trade_no)
+    return NewPayment(
+        order_id=_text(body, "order_id", max_len=64),  # type: ignore[arg-type]
+        # WeChat's amount.total is a signed 32-bit integer of fen.
+        amount=_integer(body, "amount", low=1, high=2**31 - 1),  # type: ignore[arg-type]
+        description=_text(body, "description", max_len=127),  # type: ignore[arg-type]
+        openid=_text(body, "openid", max_len=128),  # type: ignore[arg-type]
+        attach=_text(body, "attach", max_len=128, required=False),
+        out_trade_no=trade_no,
+        expires_in=_integer(body, "expires_in", low=60, high=MAX_EXPIRES_IN, required=False),
+    )

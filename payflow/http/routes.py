@@ -1,0 +1,46 @@
+"""Handlers of payflow's HTTP API (DESIGN §6.2): parse, call the service, render."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from payflow.http import keys, payloads
+from payflow.http.middlewares import requires
+
+
+@requires("api")
+async def create_payment(request: web.Request) -> web.Response:
+    new = payloads.new_payment(await payloads.read_json_object(request))
+    created = await request.app[keys.SERVICE].create_payment(new)
+    return web.json_response(created.view(), status=201 if created.new else 200)
+
+
+@requires("api")
+async def get_payment(request: web.Request) -> web.Response:
+    out_trade_no = payloads.out_trade_no(request.match_info["out_trade_no"])
+    payment = await request.app[keys.SERVICE].get_payment(out_trade_no)
+    return web.json_response(payment.view())
+
+
+@requires("admin")
+async def payment_events(request: web.Request) -> web.Response:
+    out_trade_no = payloads.out_trade_no(request.match_info["out_trade_no"])
+    events = await request.app[keys.SERVICE].timeline(out_trade_no)
+    return web.json_response({"out_trade_no": out_trade_no, "events": [e.view() for e in events]})
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    await request.app[keys.STORE].ping()  # StoreUnavailable → 503
+    return web.json_response({"status": "ready"})
+
+
+def setup(app: web.Application) -> None:
+    app.router.add_post("/v1/payments", create_payment)
+    app.router.add_get("/v1/payments/{out_trade_no}", get_payment)
+    app.router.add_get("/v1/payments/{out_trade_no}/events", payment_events)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)

@@ -1,0 +1,91 @@
+"""Plain records: a payment, one event of its timeline, an inbound notification."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+from typing import Any
+
+from payflow.states import PAID_STATES, State
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Payment:
+    out_trade_no: str
+    order_id: str
+    amount: int  # fen
+    description: str
+    openid: str
+    state: State
+    version: int
+    created_at: dt.datetime
+    updated_at: dt.datetime
+    expires_at: dt.datetime
+    event_id: str  # the one id of the paid event sent to the backend, for every retry
+    currency: str = "CNY"
+    attach: str | None = None
+    prepay_id: str | None = None
+    transaction_id: str | None = None
+    paid_at: dt.datetime | None = None
+    paid_amount: int | None = None
+    next_attempt_at: dt.datetime | None = None
+    attempts: int = 0
+    lease_token: str | None = None
+
+    @property
+    def paid(self) -> bool:
+        return self.state in PAID_STATES
+
+    def view(self) -> dict[str, Any]:
+        """The public view of DESIGN §6.2 (`GET /v1/payments/{out_trade_no}`)."""
+        return {
+            "out_trade_no": self.out_trade_no,
+            "order_id": self.order_id,
+            "state": self.state.value,
+            "amount": self.amount,
+            "paid": self.paid,
+            "transaction_id": self.transaction_id,
+            "paid_at": _iso(self.paid_at),
+            "expires_at": _iso(self.expires_at),
+        }
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Event:
+    """One row of a payment's timeline; `from_state` is None for the creation event."""
+
+    id: int
+    out_trade_no: str
+    from_state: State | None
+    to_state: State
+    trigger: str
+    source: str
+    detail: dict[str, Any]
+    at: dt.datetime
+
+    def view(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "from": self.from_state.value if self.from_state else None,
+            "to": self.to_state.value,
+            "trigger": self.trigger,
+            "source": self.source,
+            "detail": self.detail,
+            "at": _iso(self.at),
+        }
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Notification:
+    """An inbound WeChat notification, kept verbatim (decrypted resource) and deduplicated by its id."""
+
+    notification_id: str
+    received_at: dt.datetime
+    event_type: str
+    out_trade_no: str | None
+    outcome: str
+    resource: dict[str, Any]
+
+
+def _iso(value: dt.datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None

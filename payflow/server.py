@@ -1,0 +1,86 @@
+"""`run.py serve`: check the settings, run the app on a TCP site, stop cleanly on SIGINT/SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import os
+import signal
+import sys
+from collections.abc import Mapping
+
+from aiohttp import web
+
+from payflow import errors, logs
+from payflow.app import create_app
+from payflow.settings import Settings
+
+log = logs.get_logger(__name__)
+
+EXIT_CONFIG = 2
+
+
+def check_serve_settings(settings: Settings) -> list[str]:
+    """Every problem that stops `serve` from starting, each naming its variable."""
+    problems = [f"{name} is not set" for name in settings.missing_for_serve()]
+    for name, path in (("PAYFLOW_WECHAT_MCH_KEY_FILE", settings.wechat_mch_key_file),
+                       ("PAYFLOW_WECHAT_PUBKEY_FILE", settings.wechat_pubkey_file)):
+        if path is not None and not os.path.isfile(path):
+            problems.append(f"{name}: no such file {path!r}")
+    return problems
+
+
+def load_settings(environ: Mapping[str, str]) -> Settings:
+    return Settings.from_env(environ)
+
+
+async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
+    """Serve until `stop` is set (SIGINT/SIGTERM set it). Cleanup contexts close in reverse order."""
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    app = create_app(settings)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, settings.host, settings.port)
+        await site.start()
+        # With port 0 the OS picks; the log line is how a supervisor (or a test) learns the real port.
+        addresses = [f"{a[0]}:{a[1]}" for a in runner.addresses]
+        log.info("serve.listening", addresses=addresses, database=settings.database_url)
+        await stop.wait()
+        log.info("serve.stopping")
+    finally:
+        await runner.cleanup()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(signum)
+    log.info("serve.stopped")
+
+
+def run_serve(environ: Mapping[str, str], *, host: str | None, port: int | None) -> int:
+    try:
+        settings = load_settings(environ)
+    except errors.SettingsError as exc:
+        return _config_error([str(exc)])
+    overrides = {k: v for k, v in (("host", host), ("port", port)) if v is not None}
+    if overrides:
+        settings = dataclasses.replace(settings, **overrides)  # type: ignore[arg-type]
+    problems = check_serve_settings(settings)
+    if problems:
+        return _config_error(problems)
+    logs.configure_logging(settings.log_format)
+    try:
+        asyncio.run(serve(settings))
+    except errors.PayflowError as exc:
+        log.error("serve.failed", error=exc.code, message=str(exc))
+        return 1
+    return 0
+
+
+def _config_error(problems: list[str]) -> int:
+    print("payflow serve: cannot start:", file=sys.stderr)
+    for problem in problems:
+        print(f"  - {problem}", file=sys.stderr)
+    print("Set them in the environment (see README 'Configuration').", file=sys.stderr)
+    return EXIT_CONFIG

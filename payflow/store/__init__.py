@@ -1,0 +1,100 @@
+"""The `PaymentStore` interface (domain verbs, no SQL) and `open_store(url)`, which picks a backend."""
+
+from __future__ import annotations
+
+import abc
+import datetime as dt
+from collections.abc import Mapping
+from typing import Any
+
+from payflow import errors, models
+from payflow.states import State, Trigger
+
+# Columns a transition or reschedule may change besides state and version.
+CHANGEABLE = frozenset({"prepay_id", "transaction_id", "paid_at", "paid_amount", "next_attempt_at", "attempts"})
+# States the sweeper never visits: their schedule is cleared by the store, whatever the caller asked.
+UNSCHEDULED = frozenset({State.SYNCED, State.RECONCILED, State.CLOSED, State.NEEDS_REVIEW})
+
+
+class PaymentStore(abc.ABC):
+    """Durable payments, their timelines and inbound notifications.
+
+    Every state change is a compare-and-set on (state, version) that writes the timeline event in the
+    same transaction; `StaleState` means another writer won and the caller should re-read.
+    """
+
+    @abc.abstractmethod
+    async def create(self, payment: models.Payment, *, source: str, detail: Mapping[str, Any]) -> models.Payment:
+        """Insert a new payment (state `created`) with its creation event.
+
+        Raises `DuplicatePayment` when the order_id or out_trade_no is taken.
+        """
+
+    @abc.abstractmethod
+    async def get(self, out_trade_no: str) -> models.Payment | None: ...
+
+    @abc.abstractmethod
+    async def get_by_order_id(self, order_id: str) -> models.Payment | None: ...
+
+    @abc.abstractmethod
+    async def transition(
+        self,
+        payment: models.Payment,
+        to: State,
+        trigger: Trigger,
+        *,
+        source: str,
+        at: dt.datetime,
+        detail: Mapping[str, Any] | None = None,
+        changes: Mapping[str, Any] | None = None,
+        notification: models.Notification | None = None,
+    ) -> models.Payment:
+        """Move `payment` from the state it was read in to `to`, if nobody changed it since.
+
+        `changes` may set the columns in CHANGEABLE. `notification`, when given, is recorded in the same
+        transaction (so an acknowledged notification and its effect are durable together). Raises
+        `IllegalTransition` if the table has no such step, `StaleState` if the CAS lost.
+        """
+
+    @abc.abstractmethod
+    async def reschedule(
+        self, payment: models.Payment, *, next_attempt_at: dt.datetime | None, attempts: int, at: dt.datetime
+    ) -> models.Payment:
+        """Set the next attempt of a payment without changing its state (CAS on version); ends its lease."""
+
+    @abc.abstractmethod
+    async def claim_due(self, now: dt.datetime, limit: int, lease: float) -> list[models.Payment]:
+        """Lease up to `limit` payments whose next attempt is due, oldest first.
+
+        A leased payment is not returned again until `lease` seconds pass, so a payment in flight is not
+        worked twice; if its worker dies, it becomes due again when the lease expires.
+        """
+
+    @abc.abstractmethod
+    async def events(self, out_trade_no: str) -> list[models.Event]:
+        """The timeline of one payment, oldest first."""
+
+    @abc.abstractmethod
+    async def record_notification(self, notification: models.Notification) -> bool:
+        """Keep an inbound notification; False when its notification_id was already recorded."""
+
+    @abc.abstractmethod
+    async def get_notification(self, notification_id: str) -> models.Notification | None: ...
+
+    @abc.abstractmethod
+    async def ping(self) -> None:
+        """Raise `StoreUnavailable` unless the store answers."""
+
+    @abc.abstractmethod
+    async def close(self) -> None: ...
+
+
+async def open_store(url: str) -> PaymentStore:
+    """Open (and migrate) the store named by `url`: `sqlite:///relative.db` or `sqlite:////abs/path.db`."""
+    if url.startswith("sqlite:///"):
+        from payflow.store import sqlite
+
+        return await sqlite.SqliteStore.open(url.removeprefix("sqlite:///"))
+    if url.startswith(("postgresql://", "postgres://")):
+        raise errors.SettingsError("PAYFLOW_DATABASE_URL: the PostgreSQL backend is not available yet")
+    raise errors.SettingsError(f"PAYFLOW_DATABASE_URL: unsupported store URL {url!r}")

@@ -1,0 +1,1 @@
+"""WeChat Pay APIv3: crypto, client, notifications, bills."""

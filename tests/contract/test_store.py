@@ -1,0 +1,276 @@
+"""The PaymentStore contract. Every backend must pass this file unchanged."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import datetime as dt
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from collections.abc import Awaitable, Callable
+
+import pytest
+
+from payflow import errors, models
+from payflow.states import Source, State, Trigger
+from payflow.store import PaymentStore
+from tests import factories
+from tests.factories import T0
+
+pytestmark = pytest.mark.contract
+
+
+async def _prepaid(store: PaymentStore, **overrides: object) -> models.Payment:
+    created = await store.create(factories.payment(**overrides), source=Source.API, detail={})
+    return await store.transition(
+        created, State.PREPAID, Trigger.PREPAY, source=Source.API, at=T0,
+        detail={"prepay_id": "wx1"}, changes={"prepay_id": "wx1", "next_attempt_at": T0 + dt.timedelta(seconds=30)},
+    )
+
+
+async def test_create_then_read_back(store: PaymentStore) -> None:
+    payment = factories.payment(attach="cart=7")
+    await store.create(payment, source=Source.API, detail={"note": "hello"})
+    assert await store.get(payment.out_trade_no) == payment
+    assert await store.get_by_order_id(payment.order_id) == payment
+    assert await store.get("nope-000") is None
+    assert await store.get_by_order_id("nope") is None
+    [event] = await store.events(payment.out_trade_no)
+    assert (event.from_state, event.to_state, event.trigger, event.source) == (None, State.CREATED, "create", "api")
+    assert event.detail == {"note": "hello"} and event.at == T0
+    assert (await store.get(payment.out_trade_no)).expires_at.tzinfo is not None  # type: ignore[union-attr]
+
+
+async def test_duplicates_are_refused(store: PaymentStore) -> None:
+    first = factories.payment()
+    await store.create(first, source=Source.API, detail={})
+    with pytest.raises(errors.DuplicatePayment):
+        await store.create(factories.payment(order_id=first.order_id), source=Source.API, detail={})
+    with pytest.raises(errors.DuplicatePayment):
+        await store.create(factories.payment(out_trade_no=first.out_trade_no), source=Source.API, detail={})
+    assert len(await store.events(first.out_trade_no)) == 1
+
+
+async def test_transition_writes_state_version_changes_and_event(store: PaymentStore) -> None:
+    payment = await _prepaid(store)
+    assert payment.state is State.PREPAID and payment.version == 2 and payment.prepay_id == "wx1"
+    paid_at = T0 + dt.timedelta(minutes=1)
+    paid = await store.transition(
+        payment, State.NOTIFIED, Trigger.PAY, source=Source.NOTIFY, at=paid_at,
+        detail={"amount": 100}, changes={"transaction_id": "4200", "paid_at": paid_at, "paid_amount": 100,
+                                         "next_attempt_at": paid_at},
+    )
+    assert (paid.state, paid.version, paid.transaction_id, paid.paid_at) == (State.NOTIFIED, 3, "4200", paid_at)
+    assert await store.get(payment.out_trade_no) == paid
+    events = await store.events(payment.out_trade_no)
+    assert [(e.from_state, e.to_state, e.trigger, e.source) for e in events] == [
+        (None, State.CREATED, "create", "api"),
+        (State.CREATED, State.PREPAID, "prepay", "api"),
+        (State.PREPAID, State.NOTIFIED, "pay", "notify"),
+    ]
+    assert events[-1].detail == {"amount": 100} and events[-1].at == paid_at
+
+
+async def test_transition_outside_the_table_writes_nothing(store: PaymentStore) -> None:
+    payment = await _prepaid(store)
+    with pytest.raises(errors.IllegalTransition):
+        await store.transition(payment, State.SYNCED, Trigger.SYNC, source=Source.API, at=T0)
+    with pytest.raises(errors.IllegalTransition):  # a real trigger, but not to that state
+        await store.transition(payment, State.CLOSED, Trigger.PAY, source=Source.API, at=T0)
+    assert await store.get(payment.out_trade_no) == payment
+    assert len(await store.events(payment.out_trade_no)) == 2
+
+
+async def test_stale_version_loses_and_writes_nothing(store: PaymentStore) -> None:
+    created = await store.create(factories.payment(), source=Source.API, detail={})
+    await store.transition(created, State.PREPAID, Trigger.PREPAY, source=Source.API, at=T0,
+                           changes={"prepay_id": "wx1"})
+    with pytest.raises(errors.StaleState):
+        await store.transition(created, State.CLOSED, Trigger.CLOSE, source=Source.SWEEPER, at=T0)
+    current = await store.get(created.out_trade_no)
+    assert current is not None and current.state is State.PREPAID
+    assert [e.trigger for e in await store.events(created.out_trade_no)] == ["create", "prepay"]
+
+
+@pytest.mark.parametrize("separate_connections", [False, True])
+async def test_concurrent_transitions_exactly_one_wins(
+    open_url: Callable[[], Awaitable[PaymentStore]], separate_connections: bool
+) -> None:
+    first = await open_url()
+    second = await open_url() if separate_connections else first
+    payment = await _prepaid(first)
+    results = await asyncio.gather(
+        first.transition(payment, State.NOTIFIED, Trigger.PAY, source=Source.NOTIFY, at=T0,
+                         changes={"transaction_id": "4200"}),
+        second.transition(payment, State.CLOSED, Trigger.CLOSE, source=Source.SWEEPER, at=T0),
+        return_exceptions=True,
+    )
+    winners = [r for r in results if isinstance(r, models.Payment)]
+    losers = [r for r in results if isinstance(r, BaseException)]
+    assert len(winners) == 1 and len(losers) == 1
+    assert isinstance(losers[0], errors.StaleState)
+    stored = await first.get(payment.out_trade_no)
+    assert stored == winners[0]
+    events = await first.events(payment.out_trade_no)
+    assert len(events) == 3 and events[-1].to_state is winners[0].state
+
+
+async def test_many_concurrent_writers_one_winner(store: PaymentStore) -> None:
+    payment = await _prepaid(store)
+    results = await asyncio.gather(
+        *(store.transition(payment, State.NOTIFIED, Trigger.PAY, source=Source.NOTIFY, at=T0,
+                           changes={"transaction_id": f"42{i}"}) for i in range(20)),
+        return_exceptions=True,
+    )
+    assert sum(isinstance(r, models.Payment) for r in results) == 1
+    assert sum(isinstance(r, errors.StaleState) for r in results) == 19
+    assert [e.trigger for e in await store.events(payment.out_trade_no)] == ["create", "prepay", "pay"]
+
+
+async def test_unscheduled_states_drop_their_schedule(store: PaymentStore) -> None:
+    payment = await _prepaid(store)
+    closed = await store.transition(payment, State.CLOSED, Trigger.CLOSE, source=Source.SWEEPER, at=T0,
+                                    changes={"next_attempt_at": T0})
+    assert closed.next_attempt_at is None
+    assert await store.claim_due(T0 + dt.timedelta(days=1), 10, 30) == []
+
+
+async def test_claim_due_returns_only_what_is_due_oldest_first(store: PaymentStore) -> None:
+    late = await _prepaid(store, next_attempt_at=None)
+    late = await store.reschedule(late, next_attempt_at=T0 + dt.timedelta(seconds=20), attempts=1, at=T0)
+    early = await _prepaid(store)
+    early = await store.reschedule(early, next_attempt_at=T0 + dt.timedelta(seconds=5), attempts=1, at=T0)
+    future = await _prepaid(store)
+    await store.reschedule(future, next_attempt_at=T0 + dt.timedelta(hours=1), attempts=0, at=T0)
+
+    assert await store.claim_due(T0, 10, 30) == []
+    claimed = await store.claim_due(T0 + dt.timedelta(seconds=30), 10, 60)
+    assert [p.out_trade_no for p in claimed] == [early.out_trade_no, late.out_trade_no]
+    assert all(p.lease_token for p in claimed)
+    assert len({p.lease_token for p in claimed}) == 2
+
+
+async def test_claim_due_respects_limit(store: PaymentStore) -> None:
+    for _ in range(5):
+        await store.create(factories.payment(), source=Source.API, detail={})
+    now = T0 + dt.timedelta(minutes=1)
+    first = await store.claim_due(now, 3, 30)
+    second = await store.claim_due(now, 3, 30)
+    assert len(first) == 3 and len(second) == 2
+    assert not {p.out_trade_no for p in first} & {p.out_trade_no for p in second}
+    assert await store.claim_due(now, 3, 30) == []
+    assert await store.claim_due(now, 0, 30) == []
+
+
+async def test_concurrent_claims_never_share_a_payment(open_url: Callable[[], Awaitable[PaymentStore]]) -> None:
+    one, two = await open_url(), await open_url()
+    for _ in range(30):
+        await one.create(factories.payment(), source=Source.API, detail={})
+    now = T0 + dt.timedelta(minutes=1)
+    batches = await asyncio.gather(*(s.claim_due(now, 4, 30) for s in (one, two) * 6))
+    ids = [p.out_trade_no for batch in batches for p in batch]
+    assert len(ids) == len(set(ids)) == 30
+
+
+async def test_expired_lease_is_claimable_again_and_the_old_holder_loses(store: PaymentStore) -> None:
+    await store.create(factories.payment(), source=Source.API, detail={})
+    now = T0 + dt.timedelta(minutes=1)
+    [held] = await store.claim_due(now, 10, 30)
+    assert await store.claim_due(now + dt.timedelta(seconds=29), 10, 30) == []
+    [again] = await store.claim_due(now + dt.timedelta(seconds=31), 10, 30)
+    assert again.out_trade_no == held.out_trade_no and again.lease_token != held.lease_token
+    # The first worker, back from a long pause, cannot overwrite the new holder's schedule.
+    with pytest.raises(errors.StaleState):
+        await store.reschedule(held, next_attempt_at=now, attempts=1, at=now)
+    done = await store.reschedule(again, next_attempt_at=now + dt.timedelta(minutes=5), attempts=1, at=now)
+    assert done.attempts == 1 and done.lease_token is None
+    assert done.next_attempt_at == now + dt.timedelta(minutes=5)
+
+
+async def test_transition_ends_a_lease(store: PaymentStore) -> None:
+    payment = await _prepaid(store)
+    [claimed] = await store.claim_due(T0 + dt.timedelta(minutes=1), 1, 30)
+    moved = await store.transition(claimed, State.NOTIFIED, Trigger.PAY, source=Source.QUERY, at=T0,
+                                   changes={"transaction_id": "42", "next_attempt_at": T0})
+    assert moved.lease_token is None and moved.attempts == 0
+    assert [p.out_trade_no for p in await store.claim_due(T0, 1, 30)] == [payment.out_trade_no]
+
+
+async def test_notifications_are_deduplicated(store: PaymentStore) -> None:
+    note = models.Notification(notification_id="EV-1", received_at=T0, event_type="TRANSACTION.SUCCESS",
+                               out_trade_no=None, outcome="unknown_payment", resource={"out_trade_no": "x"})
+    assert await store.record_notification(note) is True
+    assert await store.record_notification(dataclasses.replace(note, outcome="again")) is False
+    assert await store.get_notification("EV-1") == note
+    assert await store.get_notification("EV-2") is None
+
+
+async def test_notification_commits_with_its_transition_or_not_at_all(store: PaymentStore) -> None:
+    payment = await _prepaid(store)
+    note = models.Notification(notification_id="EV-9", received_at=T0, event_type="TRANSACTION.SUCCESS",
+                               out_trade_no=payment.out_trade_no, outcome="accepted",
+                               resource={"trade_state": "SUCCESS"})
+    stale = dataclasses.replace(payment, version=payment.version - 1)
+    with pytest.raises(errors.StaleState):
+        await store.transition(stale, State.NOTIFIED, Trigger.PAY, source=Source.NOTIFY, at=T0,
+                               changes={"transaction_id": "1"}, notification=note)
+    assert await store.get_notification("EV-9") is None
+    await store.transition(payment, State.NOTIFIED, Trigger.PAY, source=Source.NOTIFY, at=T0,
+                           changes={"transaction_id": "1"}, notification=note)
+    assert await store.get_notification("EV-9") == note
+
+
+async def test_reopening_runs_migrations_harmlessly(open_url: Callable[[], Awaitable[PaymentStore]]) -> None:
+    first = await open_url()
+    payment = await _prepaid(first)
+    again, third = await asyncio.gather(open_url(), open_url())  # two "replicas" migrating at once
+    for store in (again, third):
+        assert await store.get(payment.out_trade_no) == payment
+        assert len(await store.events(payment.out_trade_no)) == 2
+    await again.create(factories.payment(), source=Source.API, detail={})
+
+
+_CHILD = textwrap.dedent(
+    """
+    import asyncio, datetime as dt, sys, time
+    from payflow.states import Source, State, Trigger
+    from payflow.store import open_store
+    from tests import factories
+
+    async def main():
+        store = await open_store(sys.argv[1])
+        payment = await store.create(factories.payment(out_trade_no="CHILD00001", order_id="child-1"),
+                                     source=Source.API, detail={})
+        await store.transition(payment, State.PREPAID, Trigger.PREPAY, source=Source.API,
+                               at=factories.T0, changes={"prepay_id": "wx-child"})
+        print("committed", flush=True)
+        time.sleep(600)  # never closes the store: the parent kills us here
+
+    asyncio.run(main())
+    """
+)
+
+
+async def test_committed_write_survives_sigkill(store_url: str, open_url: Callable[[], Awaitable[PaymentStore]]) -> None:
+    child = subprocess.Popen(
+        [sys.executable, "-c", _CHILD, store_url], stdout=subprocess.PIPE, cwd=os.getcwd(),
+        env={**os.environ, "PYTHONPATH": os.getcwd()},
+    )
+    try:
+        line = await asyncio.wait_for(asyncio.to_thread(child.stdout.readline), 30)  # type: ignore[union-attr]
+        assert line.strip() == b"committed"
+        child.send_signal(signal.SIGKILL)
+        child.wait(10)
+        assert child.returncode == -signal.SIGKILL
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+        child.stdout.close()  # type: ignore[union-attr]
+    store = await open_url()
+    payment = await store.get("CHILD00001")
+    assert payment is not None and payment.state is State.PREPAID and payment.prepay_id == "wx-child"
+    assert [e.trigger for e in await store.events("CHILD00001")] == ["create", "prepay"]

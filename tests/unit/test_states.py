@@ -1,0 +1,107 @@
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+from payflow import errors, states
+from payflow.states import State, Trigger
+from tests import factories
+
+# DESIGN §2, written out independently of payflow.states.TABLE so a typo there fails here.
+EXPECTED = {
+    ("created", "prepay"): "prepaid",
+    ("created", "pay"): "notified",
+    ("prepaid", "pay"): "notified",
+    ("notified", "sync"): "synced",
+    ("synced", "reconcile"): "reconciled",
+    ("created", "close"): "closed",
+    ("prepaid", "close"): "closed",
+    ("created", "flag"): "needs_review",
+    ("prepaid", "flag"): "needs_review",
+    ("notified", "flag"): "needs_review",
+    ("synced", "flag"): "needs_review",
+    ("closed", "flag"): "needs_review",
+    ("needs_review", "requeue"): "notified",
+    ("needs_review", "dismiss"): "closed",
+}
+
+# A payload that satisfies every guard of a trigger.
+VALID_PAYLOAD = {
+    "prepay": {"prepay_id": "wx2611215250"},
+    "pay": {"amount": 100, "transaction_id": "4200000001"},
+    "sync": {},
+    "reconcile": {"amount": 100},
+    "close": {},
+    "flag": {"reason": "amount_mismatch"},
+    "requeue": {"note": "backend fixed"},
+    "dismiss": {"note": "refunded by hand"},
+}
+
+ALL_PAIRS = list(itertools.product([s.value for s in State], [t.value for t in Trigger]))
+
+
+def test_seven_states_and_eight_triggers() -> None:
+    assert {s.value for s in State} == {
+        "created", "prepaid", "notified", "synced", "reconciled", "closed", "needs_review"}
+    assert {t.value for t in Trigger} == {
+        "prepay", "pay", "sync", "reconcile", "close", "flag", "requeue", "dismiss"}
+    assert len(ALL_PAIRS) == 56
+
+
+@pytest.mark.parametrize(("state", "trigger"), ALL_PAIRS)
+def test_every_state_trigger_pair(state: str, trigger: str) -> None:
+    payment = factories.payment(state=State(state), amount=100)
+    expected = EXPECTED.get((state, trigger))
+    if expected is None:
+        with pytest.raises(errors.IllegalTransition):
+            states.plan(payment, trigger, **VALID_PAYLOAD[trigger])
+        assert states.destination(State(state), Trigger(trigger)) is None
+    else:
+        assert states.plan(payment, trigger, **VALID_PAYLOAD[trigger]) is State(expected)
+        assert states.destination(State(state), Trigger(trigger)) is State(expected)
+    assert payment.state is State(state)  # plan is pure
+
+
+def test_reconciled_is_terminal() -> None:
+    payment = factories.payment(state=State.RECONCILED)
+    for trigger in Trigger:
+        with pytest.raises(errors.IllegalTransition):
+            states.plan(payment, trigger, **VALID_PAYLOAD[trigger.value])
+
+
+@pytest.mark.parametrize(
+    ("state", "trigger", "payload", "reason"),
+    [
+        ("prepaid", "pay", {"amount": 99, "transaction_id": "42"}, "differs"),
+        ("prepaid", "pay", {"amount": 101, "transaction_id": "42"}, "differs"),
+        ("created", "pay", {"amount": "100", "transaction_id": "42"}, "integer"),
+        ("prepaid", "pay", {"amount": True, "transaction_id": "42"}, "integer"),
+        ("prepaid", "pay", {"amount": 100}, "transaction_id"),
+        ("created", "prepay", {}, "prepay_id"),
+        ("created", "prepay", {"prepay_id": "  "}, "prepay_id"),
+        ("synced", "reconcile", {"amount": 50}, "differs"),
+        ("notified", "flag", {}, "reason"),
+        ("needs_review", "requeue", {"note": ""}, "note"),
+        ("needs_review", "dismiss", {}, "note"),
+    ],
+)
+def test_guards_reject(state: str, trigger: str, payload: dict[str, object], reason: str) -> None:
+    payment = factories.payment(state=State(state), amount=100)
+    with pytest.raises(errors.GuardRejected) as info:
+        states.plan(payment, trigger, **payload)
+    assert reason in info.value.reason
+    assert info.value.state == state and info.value.trigger == trigger
+
+
+def test_plan_accepts_database_strings_and_rejects_unknown_triggers() -> None:
+    payment = factories.payment(state=State.PREPAID)
+    assert states.plan(payment, "close") is State.CLOSED
+    with pytest.raises(ValueError):
+        states.plan(payment, "refund")
+
+
+def test_paid_states() -> None:
+    assert states.PAID_STATES == {State.NOTIFIED, State.SYNCED, State.RECONCILED}
+    assert factories.payment(state=State.SYNCED).paid
+    assert not factories.payment(state=State.NEEDS_REVIEW).paid
