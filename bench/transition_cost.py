@@ -25,7 +25,7 @@ from payflow import models  # noqa: E402
 from payflow.states import Source, State, Trigger  # noqa: E402
 from payflow.store import PaymentStore, open_store  # noqa: E402
 
-T0 = dt.datetime(2026, 11, 26, tzinfo=dt.timezone.utc)
+T0 = dt.datetime(2026, 11, 26, tzinfo=dt.UTC)
 
 
 def _payment(i: int) -> models.Payment:

@@ -12,14 +12,14 @@ class Clock(Protocol):
 
 class SystemClock:
     def now(self) -> dt.datetime:
-        return dt.datetime.now(dt.timezone.utc)
+        return dt.datetime.now(dt.UTC)
 
 
 class FakeClock:
     """A clock that only moves when told to."""
 
     def __init__(self, start: dt.datetime | None = None) -> None:
-        self._now = start or dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
+        self._now = start or dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 
     def now(self) -> dt.datetime:
         return self._now

@@ -101,3 +101,9 @@ class InvalidRequest(PayflowError):
 
 class Unauthorized(PayflowError):
     code = "unauthorized"
+
+
+class BillHashMismatch(WechatError):
+    """A downloaded bill does not match the SHA1 WeChat announced; it must not be used."""
+
+    code = "bill_hash_mismatch"

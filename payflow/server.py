@@ -72,6 +72,8 @@ def run_serve(environ: Mapping[str, str], *, host: str | None, port: int | None)
     logs.configure_logging(settings.log_format)
     try:
         asyncio.run(serve(settings))
+    except errors.SettingsError as exc:
+        return _config_error([str(exc)])
     except errors.PayflowError as exc:
         log.error("serve.failed", error=exc.code, message=str(exc))
         return 1

@@ -6,7 +6,7 @@ import dataclasses
 import datetime as dt
 import secrets
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from payflow import errors, logs, models, states
@@ -14,11 +14,14 @@ from payflow.clock import Clock, SystemClock
 from payflow.settings import Settings
 from payflow.states import Source, State, Trigger
 from payflow.store import PaymentStore
-from payflow.wechat.api import JsapiOrder, WechatApi
+from payflow.wechat.api import JsapiOrder, Transaction, WechatApi
+from payflow.wechat.notify import TRANSACTION_SUCCESS, MalformedNotification, NotificationVerifier
 
 log = logs.get_logger(__name__)
 
 SHANGHAI = dt.timezone(dt.timedelta(hours=8), "Asia/Shanghai")
+# How often to re-read and re-decide when concurrent writers keep winning the CAS.
+_STALE_RETRIES = 5
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -62,11 +65,13 @@ class PaymentService:
         settings: Settings,
         *,
         wechat: WechatApi | None = None,
+        verifier: NotificationVerifier | None = None,
         clock: Clock | None = None,
     ) -> None:
         self.store = store
         self.settings = settings
         self.wechat = wechat
+        self.verifier = verifier
         self.clock = clock or SystemClock()
 
     # --- create -------------------------------------------------------------------------------
@@ -172,7 +177,7 @@ class PaymentService:
 
     # --- transitions --------------------------------------------------------------------------
 
-    async def _apply(
+    async def _transition(
         self,
         payment: models.Payment,
         trigger: Trigger,
@@ -181,26 +186,132 @@ class PaymentService:
         payload: Mapping[str, Any] | None = None,
         detail: Mapping[str, Any] | None = None,
         changes: Mapping[str, Any] | None = None,
+        notification: models.Notification | None = None,
     ) -> models.Payment:
-        """Plan `trigger` on the payment as read, write it with CAS, and on a lost race return the winner's.
+        """Plan `trigger` on the payment as read and write it with CAS; raises StaleState on a lost race."""
+        payload = dict(payload or {})
+        to = states.plan(payment, trigger, **payload)
+        moved = await self.store.transition(
+            payment, to, trigger, source=source, at=self.clock.now(),
+            detail={**payload, **(detail or {})}, changes=changes, notification=notification,
+        )
+        log.info("payment.transitioned", out_trade_no=payment.out_trade_no, trigger=trigger.value,
+                 source=source.value, from_state=payment.state.value, state=to.value)
+        return moved
+
+    async def _apply(self, payment: models.Payment, trigger: Trigger, **kwargs: Any) -> models.Payment:
+        """`_transition`, but a lost race returns the winner's payment instead of raising.
 
         A loser does not retry blindly: whoever won already moved the payment on, and the caller decides
         from the fresh state what (if anything) is left to do.
         """
-        payload = dict(payload or {})
-        to = states.plan(payment, trigger, **payload)
         try:
-            moved = await self.store.transition(
-                payment, to, trigger, source=source, at=self.clock.now(),
-                detail={**payload, **(detail or {})}, changes=changes,
-            )
+            return await self._transition(payment, trigger, **kwargs)
         except errors.StaleState:
             fresh = await self.get_payment(payment.out_trade_no)
-            log.info("payment.transition_lost", trigger=trigger.value, state=fresh.state.value)
+            log.info("payment.transition_lost", out_trade_no=payment.out_trade_no, trigger=trigger.value,
+                     state=fresh.state.value)
             return fresh
-        log.info("payment.transitioned", trigger=trigger.value, source=source.value,
-                 from_state=payment.state.value, state=to.value)
-        return moved
+
+    # --- WeChat says paid ---------------------------------------------------------------------
+
+    async def handle_notification(self, headers: Mapping[str, str], raw: bytes) -> str:
+        """Verify, decrypt, check and apply one notification; returns its outcome.
+
+        Returns normally only when the outcome is durable (the 2xx may be sent); raises
+        `NotificationRejected` or `StoreUnavailable` so that WeChat delivers again.
+        """
+        if self.verifier is None:
+            raise errors.StoreUnavailable("notifications cannot be verified: WeChat keys are not configured")
+        note = self.verifier.verify(headers, raw)
+        with logs.bound(notification_id=note.notification_id):
+            if await self.store.get_notification(note.notification_id) is not None:
+                log.info("notification.duplicate")
+                return "duplicate"
+            received = self.clock.now()
+            txn = note.transaction
+
+            def record(outcome: str) -> models.Notification:
+                return models.Notification(note.notification_id, received, note.event_type,
+                                           txn.out_trade_no if txn else None, outcome, note.resource)
+
+            if note.event_type != TRANSACTION_SUCCESS or txn is None or txn.trade_state != "SUCCESS":
+                await self.store.record_notification(record("ignored"))
+                log.info("notification.ignored", event_type=note.event_type)
+                return "ignored"
+            if txn.mchid != self.settings.wechat_mchid or txn.appid != self.settings.wechat_appid:
+                log.warning("notification.refused", reason="merchant_mismatch", mchid=txn.mchid, appid=txn.appid)
+                raise MalformedNotification("mchid/appid do not belong to this merchant")
+            with logs.bound(out_trade_no=txn.out_trade_no):
+                outcome = await self.confirm_paid(txn, Source.NOTIFY, record=record)
+                log.info("notification.accepted" if outcome == "accepted" else "notification.handled",
+                         outcome=outcome)
+                return outcome
+
+    async def confirm_paid(
+        self,
+        txn: Transaction,
+        source: Source,
+        *,
+        record: Callable[[str], models.Notification] | None = None,
+    ) -> str:
+        """Apply "WeChat says SUCCESS" (from a notification, a query or the bill) to the payment.
+
+        Never moves a payment backwards; a wrong amount or a payment after close goes to needs_review.
+        `record` builds the notification row, which commits together with the transition it caused.
+        """
+        for _ in range(_STALE_RETRIES):
+            payment = await self.store.get(txn.out_trade_no)
+            if payment is None:
+                if record is not None:
+                    await self.store.record_notification(record("unknown_payment"))
+                log.error("alert.unknown_payment", out_trade_no=txn.out_trade_no, source=source.value,
+                          transaction_id=txn.transaction_id, amount=txn.amount)
+                return "unknown_payment"
+            facts = {"transaction_id": txn.transaction_id, "paid_amount": txn.amount,
+                     "paid_at": txn.success_time or self.clock.now()}
+            detail = {"payer_total": txn.payer_total, "success_time": _iso(txn.success_time)}
+            try:
+                if payment.state in (State.CREATED, State.PREPAID):
+                    if txn.amount != payment.amount:
+                        await self._transition(
+                            payment, Trigger.FLAG, source=source, payload={"reason": "amount_mismatch"},
+                            detail={**detail, "paid_amount": txn.amount, "expected_amount": payment.amount},
+                            changes=facts, notification=record("amount_mismatch") if record else None)
+                        log.error("alert.amount_mismatch", out_trade_no=payment.out_trade_no,
+                                  paid_amount=txn.amount, expected_amount=payment.amount, source=source.value)
+                        return "amount_mismatch"
+                    await self._transition(
+                        payment, Trigger.PAY, source=source,
+                        payload={"amount": txn.amount, "transaction_id": txn.transaction_id}, detail=detail,
+                        # next_attempt_at = now: the notified row is the outbox; forwarding is due at once.
+                        changes={**facts, "next_attempt_at": self.clock.now()},
+                        notification=record("accepted") if record else None)
+                    return "accepted"
+                if payment.state is State.CLOSED:
+                    await self._transition(
+                        payment, Trigger.FLAG, source=source, payload={"reason": "paid_after_close"},
+                        detail={**detail, "paid_amount": txn.amount}, changes=facts,
+                        notification=record("paid_after_close") if record else None)
+                    log.error("alert.paid_after_close", out_trade_no=payment.out_trade_no, source=source.value,
+                              transaction_id=txn.transaction_id)
+                    return "paid_after_close"
+            except errors.StaleState:
+                continue  # someone moved it meanwhile; look again
+            except errors.GuardRejected as exc:
+                # e.g. a SUCCESS without transaction_id: not something to mark paid on
+                log.warning("payment.success_refused", out_trade_no=payment.out_trade_no, reason=exc.reason)
+                raise errors.WechatRetryable(f"WeChat's SUCCESS cannot be applied: {exc.reason}") from None
+            # notified / synced / reconciled / needs_review: a late or repeated SUCCESS changes nothing.
+            outcome = "in_review" if payment.state is State.NEEDS_REVIEW else "already_paid"
+            if record is not None:
+                await self.store.record_notification(record(outcome))
+            return outcome
+        raise errors.StoreUnavailable(f"payment {txn.out_trade_no} kept changing; try again")
+
+
+def _iso(value: dt.datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
 
 
 def _new_out_trade_no(now: dt.datetime) -> str:

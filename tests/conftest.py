@@ -6,10 +6,12 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from payflow import devkeys
 from payflow.clock import FakeClock
 from payflow.service import PaymentService
 from payflow.settings import Settings
 from payflow.store import PaymentStore, open_store
+from payflow.wechat.notify import NotificationVerifier
 from tests import factories
 from tests.fakes import FakeWechat
 
@@ -18,9 +20,16 @@ ADMIN_TOKEN = "test-admin-token"
 
 
 @pytest.fixture
-def settings(tmp_path: pathlib.Path) -> Settings:
+def settings(tmp_path: pathlib.Path, keyset: devkeys.KeySet) -> Settings:
     return dataclasses.replace(
         Settings(),
+        wechat_mchid=keyset.mchid,
+        wechat_appid=keyset.appid,
+        wechat_mch_serial=keyset.mch_serial,
+        wechat_mch_key_file=str(keyset.merchant_key_file),
+        wechat_apiv3_key=keyset.apiv3_key,
+        wechat_pubkey_id=keyset.pub_key_id,
+        wechat_pubkey_file=str(keyset.pub_key_file),
         database_url=f"sqlite:///{tmp_path / 'payflow.db'}",
         notify_url="https://pay.example.com/v1/wechat/notify",
         api_token=API_TOKEN,
@@ -47,5 +56,24 @@ async def sqlite_store(settings: Settings) -> AsyncIterator[PaymentStore]:
 
 
 @pytest.fixture
-def service(sqlite_store: PaymentStore, settings: Settings, wechat: FakeWechat, clock: FakeClock) -> PaymentService:
-    return PaymentService(sqlite_store, settings, wechat=wechat, clock=clock)
+def verifier(keyset: devkeys.KeySet, clock: FakeClock) -> NotificationVerifier:
+    return NotificationVerifier({keyset.pub_key_id: keyset.platform_public_key}, keyset.apiv3_key,
+                                now=lambda: clock.now().timestamp())
+
+
+@pytest.fixture
+def service(sqlite_store: PaymentStore, settings: Settings, wechat: FakeWechat, clock: FakeClock,
+            verifier: NotificationVerifier) -> PaymentService:
+    return PaymentService(sqlite_store, settings, wechat=wechat, verifier=verifier, clock=clock)
+
+
+@pytest.fixture(scope="session")
+def keyset(tmp_path_factory: pytest.TempPathFactory) -> devkeys.KeySet:
+    """One development key set for the whole run: RSA key generation is slow."""
+    return devkeys.write_keyset(tmp_path_factory.mktemp("keys"))
+
+
+@pytest.fixture(scope="session")
+def other_keyset(tmp_path_factory: pytest.TempPathFactory) -> devkeys.KeySet:
+    """A second, unrelated key set: signatures made with it must not verify."""
+    return devkeys.write_keyset(tmp_path_factory.mktemp("other-keys"))

@@ -10,7 +10,7 @@ from typing import Any
 from payflow import models
 from payflow.states import State
 
-T0 = dt.datetime(2026, 11, 26, 12, 0, tzinfo=dt.timezone.utc)
+T0 = dt.datetime(2026, 11, 26, 12, 0, tzinfo=dt.UTC)
 _counter = itertools.count(1)
 
 

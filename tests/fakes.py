@@ -31,8 +31,8 @@ class FakeWechat:
     async def query(self, out_trade_no: str) -> Transaction | None:
         raise errors.WechatRetryable("FakeWechat.query is not scripted")
 
-    async def close(self, out_trade_no: str) -> None:
-        raise errors.WechatRetryable("FakeWechat.close is not scripted")
+    async def close_order(self, out_trade_no: str) -> None:
+        raise errors.WechatRetryable("FakeWechat.close_order is not scripted")
 
     def pay_params(self, prepay_id: str) -> dict[str, str]:
         return {"appId": "wx-test", "timeStamp": "1700000000", "nonceStr": "n", "package": f"prepay_id={prepay_id}",

@@ -11,3 +11,4 @@ from payflow.store import PaymentStore
 SETTINGS = web.AppKey("SETTINGS", Settings)
 STORE = web.AppKey("STORE", PaymentStore)
 SERVICE = web.AppKey("SERVICE", PaymentService)
+WECHAT = web.AppKey("WECHAT", object)  # a WechatApi, or None when WeChat is not configured

@@ -12,6 +12,7 @@ from aiohttp import web
 
 from payflow import errors, logs
 from payflow.http import keys
+from payflow.wechat.notify import NotificationRejected
 
 log = logs.get_logger(__name__)
 
@@ -44,7 +45,11 @@ def requires(level: AuthLevel) -> Callable[[Handler], Handler]:
     return mark
 
 
-def _status_of(exc: errors.PayflowError) -> int:
+def _status_of(request: web.Request, exc: errors.PayflowError) -> int:
+    if isinstance(exc, NotificationRejected):
+        return exc.status
+    if request.path == NOTIFY_PATH and isinstance(exc, errors.StoreUnavailable):
+        return 500  # WeChat retries on any 5xx; 500 is what its documentation names
     if isinstance(exc, errors.InvalidRequest):
         return {"invalid_json": 400, "unsupported_media_type": 415}.get(exc.code, 422)
     for cls, status in _STATUS:
@@ -76,7 +81,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     try:
         return await handler(request)
     except errors.PayflowError as exc:
-        status = _status_of(exc)
+        status = _status_of(request, exc)
         extra: dict[str, Any] = {}
         if isinstance(exc, errors.InvalidRequest) and exc.field:
             extra["field"] = exc.field

@@ -29,6 +29,12 @@ async def payment_events(request: web.Request) -> web.Response:
     return web.json_response({"out_trade_no": out_trade_no, "events": [e.view() for e in events]})
 
 
+async def wechat_notify(request: web.Request) -> web.Response:
+    # Authenticated by WeChat's signature over the raw body, verified in the service.
+    await request.app[keys.SERVICE].handle_notification(request.headers, await request.read())
+    return web.Response(status=204)
+
+
 async def healthz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
 
@@ -42,5 +48,6 @@ def setup(app: web.Application) -> None:
     app.router.add_post("/v1/payments", create_payment)
     app.router.add_get("/v1/payments/{out_trade_no}", get_payment)
     app.router.add_get("/v1/payments/{out_trade_no}/events", payment_events)
+    app.router.add_post("/v1/wechat/notify", wechat_notify)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)

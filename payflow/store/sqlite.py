@@ -92,7 +92,7 @@ def _ts(value: dt.datetime | None) -> str | None:
         return None
     if value.tzinfo is None:
         raise ValueError("naive datetime reached the store; payflow times are timezone-aware")
-    return value.astimezone(dt.timezone.utc).isoformat(timespec="microseconds")
+    return value.astimezone(dt.UTC).isoformat(timespec="microseconds")
 
 
 def _dt(value: str | None) -> dt.datetime | None:

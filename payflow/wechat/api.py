@@ -49,7 +49,7 @@ class WechatApi(Protocol):
         """The order as WeChat sees it; None when WeChat does not know it (ORDER_NOT_EXIST)."""
         ...
 
-    async def close(self, out_trade_no: str) -> None:
+    async def close_order(self, out_trade_no: str) -> None:
         """Close an unpaid order; raises `WechatFinal` with code ORDERPAID when it was paid."""
         ...
 

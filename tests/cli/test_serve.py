@@ -14,6 +14,7 @@ from collections.abc import Iterator
 import aiohttp
 import pytest
 
+from payflow import devkeys
 from payflow.settings import REQUIRED_FOR_SERVE
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -26,22 +27,13 @@ def _base_env(tmp_path: pathlib.Path) -> dict[str, str]:
 
 
 def _full_env(tmp_path: pathlib.Path) -> dict[str, str]:
-    (tmp_path / "apiclient_key.pem").write_text("placeholder")
-    (tmp_path / "pub_key.pem").write_text("placeholder")
+    keys = devkeys.write_keyset(tmp_path / "keys")
     return {
         **_base_env(tmp_path),
+        **devkeys.env_lines(keys, payflow_url="https://pay.example.com", wechat_url="http://127.0.0.1:9",
+                            backend_url="http://127.0.0.1:9/paid"),
         "PAYFLOW_PORT": "0",
         "PAYFLOW_LOG_FORMAT": "json",
-        "PAYFLOW_WECHAT_MCHID": "1900000001",
-        "PAYFLOW_WECHAT_APPID": "wxd678efh567hg6787",
-        "PAYFLOW_WECHAT_MCH_SERIAL": "5157F09EFDC096DE15EBE81A47057A7232F1B8E1",
-        "PAYFLOW_WECHAT_MCH_KEY_FILE": str(tmp_path / "apiclient_key.pem"),
-        "PAYFLOW_WECHAT_APIV3_KEY": "0123456789abcdef0123456789abcdef",
-        "PAYFLOW_WECHAT_PUBKEY_ID": "PUB_KEY_ID_0000000001",
-        "PAYFLOW_WECHAT_PUBKEY_FILE": str(tmp_path / "pub_key.pem"),
-        "PAYFLOW_NOTIFY_URL": "https://pay.example.com/v1/wechat/notify",
-        "PAYFLOW_BACKEND_URL": "http://127.0.0.1:9/paid",
-        "PAYFLOW_BACKEND_SECRET": "backend-secret",
         "PAYFLOW_API_TOKEN": "api-token",
         "PAYFLOW_ADMIN_TOKEN": "admin-token",
     }
@@ -70,6 +62,13 @@ def test_a_bad_value_exits_2_naming_it(tmp_path: pathlib.Path) -> None:
 def test_a_missing_key_file_is_named(tmp_path: pathlib.Path) -> None:
     result = _run({**_full_env(tmp_path), "PAYFLOW_WECHAT_PUBKEY_FILE": str(tmp_path / "nope.pem")})
     assert result.returncode == 2 and "PAYFLOW_WECHAT_PUBKEY_FILE" in result.stderr
+
+
+def test_an_unreadable_key_is_named(tmp_path: pathlib.Path) -> None:
+    (tmp_path / "junk.pem").write_text("not a key")
+    result = _run({**_full_env(tmp_path), "PAYFLOW_WECHAT_MCH_KEY_FILE": str(tmp_path / "junk.pem")})
+    assert result.returncode == 2 and "PAYFLOW_WECHAT_MCH_KEY_FILE" in result.stderr
+    assert "Traceback" not in result.stderr
 
 
 @pytest.fixture

@@ -9,7 +9,6 @@ from aiohttp.test_utils import TestClient
 
 from payflow import errors
 from payflow.app import create_app
-from payflow.clock import FakeClock
 from payflow.settings import Settings
 from payflow.store import PaymentStore
 from tests.conftest import ADMIN_TOKEN, API_TOKEN
@@ -18,12 +17,6 @@ from tests.fakes import FakeWechat
 API = {"Authorization": f"Bearer {API_TOKEN}"}
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 BODY = {"order_id": "order-1", "amount": 1999, "description": "Coffee beans", "openid": "oUpF8uMuAJO_M2pxb1Q9zNjWeS6o"}
-
-
-@pytest.fixture
-async def client(aiohttp_client: Any, settings: Settings, sqlite_store: PaymentStore, wechat: FakeWechat,
-                 clock: FakeClock) -> TestClient:
-    return await aiohttp_client(create_app(settings, store=sqlite_store, wechat=wechat, clock=clock))
 
 
 async def _error(response: Any, status: int, code: str) -> dict[str, Any]:
@@ -123,7 +116,9 @@ async def test_admin_token_also_opens_the_api(client: TestClient) -> None:
     assert (await client.post("/v1/payments", json=BODY, headers=ADMIN)).status == 201
 
 
-async def test_unconfigured_tokens_open_nothing(aiohttp_client: Any, settings: Settings, sqlite_store: PaymentStore) -> None:
+async def test_unconfigured_tokens_open_nothing(
+    aiohttp_client: Any, settings: Settings, sqlite_store: PaymentStore
+) -> None:
     import dataclasses
 
     app = create_app(dataclasses.replace(settings, api_token=None, admin_token=None), store=sqlite_store)
@@ -134,7 +129,8 @@ async def test_unconfigured_tokens_open_nothing(aiohttp_client: Any, settings: S
 
 
 async def test_malformed_json(client: TestClient) -> None:
-    response = await client.post("/v1/payments", data=b'{"order_id": ', headers={**API, "Content-Type": "application/json"})
+    json_type = {**API, "Content-Type": "application/json"}
+    response = await client.post("/v1/payments", data=b'{"order_id": ', headers=json_type)
     await _error(response, 400, "invalid_json")
     response = await client.post("/v1/payments", data=b"\xff\xfe", headers={**API, "Content-Type": "application/json"})
     await _error(response, 400, "invalid_json")
@@ -174,7 +170,9 @@ async def test_wrong_content_type(client: TestClient) -> None:
         ({"ammount": 1999}, "ammount"),
     ],
 )
-async def test_invalid_fields(client: TestClient, sqlite_store: PaymentStore, change: dict[str, Any], field: str) -> None:
+async def test_invalid_fields(
+    client: TestClient, sqlite_store: PaymentStore, change: dict[str, Any], field: str
+) -> None:
     body = {**BODY, **change}
     body = {k: v for k, v in body.items() if not (v is None and k in change)}
     error = await _error(await client.post("/v1/payments", json=body, headers=API), 422, "invalid_request")
@@ -205,7 +203,9 @@ async def test_unknown_payment_and_bad_path(client: TestClient) -> None:
     await _error(await client.delete("/v1/payments", headers=API), 405, "method_not_allowed")
 
 
-async def test_a_crash_answers_500_without_a_trace(aiohttp_client: Any, settings: Settings, sqlite_store: PaymentStore) -> None:
+async def test_a_crash_answers_500_without_a_trace(
+    aiohttp_client: Any, settings: Settings, sqlite_store: PaymentStore
+) -> None:
     class Exploding(FakeWechat):
         async def place_jsapi(self, order: Any) -> str:
             raise RuntimeError("secret internals")

@@ -1,0 +1,324 @@
+"""`WechatPayClient`: the merchant side of WeChat Pay APIv3 over aiohttp (JSAPI, query, close, bills).
+
+Every 2xx answer is verified before it is believed; errors are sorted into retryable (outcome unknown
+or temporary) and final, per WECHATPAY_V3 §7.3.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import datetime as dt
+import gzip
+import json
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+import aiohttp
+from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey, RSAPublicKey
+from yarl import URL
+
+from payflow import errors, logs
+from payflow.ratelimit import RateLimiter
+from payflow.settings import Settings
+from payflow.wechat import crypto
+from payflow.wechat.api import JsapiOrder, Transaction
+
+log = logs.get_logger(__name__)
+
+USER_AGENT = "payflow/0.1 (+aiohttp)"
+BILL_DOWNLOAD_PATH = "/v3/billdownload/file"
+# WeChat asks for a pause after FREQUENCY_LIMITED; a second is its usual recovery time.
+RATE_LIMIT_PAUSE = 1.0
+ORDER_NOT_EXIST = frozenset({"ORDER_NOT_EXIST", "ORDERNOTEXIST", "RESOURCE_NOT_EXISTS"})
+ORDER_PAID = frozenset({"ORDERPAID", "ORDER_PAID"})
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class BillInfo:
+    bill_date: dt.date
+    hash_type: str
+    hash_value: str
+    download_url: str
+    gzip: bool
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Answer:
+    status: int
+    body: bytes
+
+    def json(self) -> dict[str, Any]:
+        try:
+            value = json.loads(self.body) if self.body else {}
+        except ValueError as exc:
+            raise errors.WechatRetryable(f"WeChat answered {self.status} with malformed JSON",
+                                         status=self.status) from exc
+        if not isinstance(value, dict):
+            raise errors.WechatRetryable(f"WeChat answered {self.status} with a non-object", status=self.status)
+        return value
+
+
+class WechatPayClient:
+    """Implements `payflow.wechat.api.WechatApi`. One instance per process; `aclose()` on shutdown."""
+
+    def __init__(
+        self,
+        *,
+        base_url: str,
+        mchid: str,
+        appid: str,
+        mch_serial: str,
+        private_key: RSAPrivateKey,
+        platform_keys: Mapping[str, RSAPublicKey],
+        session: aiohttp.ClientSession | None = None,
+        timeout: float = 10.0,
+        limiter: RateLimiter | None = None,
+        place_attempts: int = 3,
+        now: Callable[[], float] = time.time,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.mchid = mchid
+        self.appid = appid
+        self.mch_serial = mch_serial
+        self._private_key = private_key
+        self._platform_keys = dict(platform_keys)
+        self._session = session
+        self._owns_session = session is None
+        self._timeout = aiohttp.ClientTimeout(total=timeout)
+        self.limiter = limiter or RateLimiter(rate=50, burst=50)
+        self._place_attempts = place_attempts
+        self._now = now
+        self._sleep = sleep
+
+    @classmethod
+    def from_settings(cls, settings: Settings, **kwargs: Any) -> WechatPayClient:
+        assert settings.wechat_pubkey_id and settings.wechat_pubkey_file and settings.wechat_mch_key_file
+        try:
+            private_key = crypto.load_private_key(_read(settings.wechat_mch_key_file))
+        except crypto.CryptoError as exc:
+            raise errors.SettingsError(f"PAYFLOW_WECHAT_MCH_KEY_FILE: {exc}") from None
+        try:
+            public_key = crypto.load_public_key(_read(settings.wechat_pubkey_file))
+        except crypto.CryptoError as exc:
+            raise errors.SettingsError(f"PAYFLOW_WECHAT_PUBKEY_FILE: {exc}") from None
+        return cls(
+            base_url=settings.wechat_base_url,
+            mchid=settings.wechat_mchid or "",
+            appid=settings.wechat_appid or "",
+            mch_serial=settings.wechat_mch_serial or "",
+            private_key=private_key,
+            platform_keys={settings.wechat_pubkey_id: public_key},
+            **kwargs,
+        )
+
+    @property
+    def platform_keys(self) -> Mapping[str, RSAPublicKey]:
+        return self._platform_keys
+
+    async def aclose(self) -> None:
+        if self._owns_session and self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    # --- WechatApi ----------------------------------------------------------------------------
+
+    async def place_jsapi(self, order: JsapiOrder) -> str:
+        body: dict[str, Any] = {
+            "appid": self.appid,
+            "mchid": self.mchid,
+            "description": order.description,
+            "out_trade_no": order.out_trade_no,
+            "time_expire": order.time_expire.isoformat(timespec="seconds"),
+            "notify_url": order.notify_url,
+            "amount": {"total": order.amount, "currency": "CNY"},
+            "payer": {"openid": order.openid},
+        }
+        if order.attach is not None:
+            body["attach"] = order.attach
+        # Serialised once: every retry sends the identical bytes, which WeChat's re-entry rule requires.
+        raw = _dumps(body)
+        last: errors.WechatRetryable | None = None
+        for attempt in range(1, self._place_attempts + 1):
+            try:
+                answer = await self._request("POST", "/v3/pay/transactions/jsapi", raw, endpoint="jsapi")
+            except errors.WechatRetryable as exc:
+                last = exc
+                log.info("wechat.place_retried", attempt=attempt, error=str(exc), wechat_code=exc.wechat_code)
+                if attempt < self._place_attempts:
+                    await self._sleep(min(0.2 * 2 ** (attempt - 1), 2.0))
+                continue
+            prepay_id = answer.json().get("prepay_id")
+            if not isinstance(prepay_id, str) or not prepay_id:
+                raise errors.WechatRetryable("WeChat's place-order answer has no prepay_id", status=answer.status)
+            return prepay_id
+        assert last is not None
+        raise last
+
+    async def query(self, out_trade_no: str) -> Transaction | None:
+        path = f"/v3/pay/transactions/out-trade-no/{out_trade_no}?mchid={self.mchid}"
+        try:
+            answer = await self._request("GET", path, b"", endpoint="query")
+        except errors.WechatFinal as exc:
+            if exc.status == 404 or exc.wechat_code in ORDER_NOT_EXIST:
+                return None
+            raise
+        return parse_transaction(answer.json())
+
+    async def close_order(self, out_trade_no: str) -> None:
+        path = f"/v3/pay/transactions/out-trade-no/{out_trade_no}/close"
+        await self._request("POST", path, _dumps({"mchid": self.mchid}), endpoint="close")
+
+    def pay_params(self, prepay_id: str) -> dict[str, str]:
+        return dict(crypto.jsapi_pay_params(self._private_key, self.appid, prepay_id))
+
+    # --- bills --------------------------------------------------------------------------------
+
+    async def trade_bill(self, bill_date: dt.date, *, gzip: bool = False) -> BillInfo:
+        path = f"/v3/bill/tradebill?bill_date={bill_date.isoformat()}&bill_type=ALL"
+        if gzip:
+            path += "&tar_type=GZIP"
+        body = (await self._request("GET", path, b"", endpoint="tradebill")).json()
+        try:
+            return BillInfo(bill_date, str(body["hash_type"]), str(body["hash_value"]).lower(),
+                            str(body["download_url"]), gzip)
+        except KeyError as exc:
+            raise errors.WechatRetryable(f"trade bill answer lacks {exc.args[0]}") from None
+
+    async def download_bill(self, info: BillInfo) -> bytes:
+        """The bill's bytes (gunzipped), after checking their SHA1 against what the apply step said."""
+        url = URL(info.download_url, encoded=True)
+        if url.path != BILL_DOWNLOAD_PATH:
+            raise errors.WechatFinal(f"unexpected bill download URL path {url.path!r}")
+        # The download answer is not signed (WECHATPAY_V3 §8.2); the SHA1 is what vouches for it.
+        answer = await self._request("GET", url.raw_path_qs, b"", endpoint="billdownload",
+                                     base=str(url.origin()), verify=False)
+        data = answer.body
+        if info.gzip:
+            try:
+                data = gzip.decompress(data)
+            except (OSError, EOFError) as exc:
+                raise errors.WechatRetryable(f"bill is not valid gzip: {exc}") from None
+        if info.hash_type.upper() != "SHA1":
+            raise errors.WechatFinal(f"unsupported bill hash type {info.hash_type!r}")
+        if crypto.sha1_hex(data) != info.hash_value:
+            raise errors.BillHashMismatch(f"bill for {info.bill_date} does not match its SHA1")
+        return data
+
+    # --- transport ----------------------------------------------------------------------------
+
+    def _session_(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            self._session = aiohttp.ClientSession()
+        return self._session
+
+    async def _request(
+        self, method: str, path_qs: str, body: bytes, *, endpoint: str, base: str | None = None,
+        verify: bool = True,
+    ) -> _Answer:
+        url = URL(f"{base or self.base_url}{path_qs}", encoded=True)
+        authorization = crypto.authorization_header(
+            self.mchid, self.mch_serial, self._private_key, method, url.raw_path_qs, body,
+            timestamp=int(self._now()))
+        headers = {
+            "Authorization": authorization,
+            "Accept": "application/json",
+            "User-Agent": USER_AGENT,
+            "Wechatpay-Serial": next(iter(self._platform_keys), ""),
+        }
+        if method != "GET":
+            headers["Content-Type"] = "application/json"
+        await self.limiter.acquire()
+        started = time.perf_counter()
+        try:
+            async with self._session_().request(method, url, data=body or None, headers=headers,
+                                                timeout=self._timeout, allow_redirects=False) as response:
+                raw = await response.read()
+                status, response_headers = response.status, response.headers
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            log.info("wechat.call_failed", endpoint=endpoint, error=type(exc).__name__,
+                     elapsed_ms=round((time.perf_counter() - started) * 1000, 1))
+            raise errors.WechatRetryable(f"{endpoint}: {type(exc).__name__}: {exc}") from None
+        log.debug("wechat.called", endpoint=endpoint, status=status,
+                  elapsed_ms=round((time.perf_counter() - started) * 1000, 1))
+
+        if 200 <= status < 300:
+            if verify:
+                self._verify(endpoint, response_headers, raw, status)
+            if status == 202:  # USER_PAYING: accepted, not processed; ask again later
+                raise errors.WechatRetryable(f"{endpoint}: 202 USER_PAYING", wechat_code="USER_PAYING", status=202)
+            return _Answer(status, raw)
+        raise self._error(endpoint, status, response_headers, raw)
+
+    def _verify(self, endpoint: str, headers: Mapping[str, str], raw: bytes, status: int) -> None:
+        try:
+            crypto.verify_signed_message(headers, raw, self._platform_keys, now=self._now())
+        except crypto.CryptoError as exc:
+            # An unverifiable success may be forged; believe nothing, and let the caller ask again.
+            log.warning("wechat.answer_unverified", endpoint=endpoint, status=status, error=str(exc))
+            raise errors.WechatRetryable(f"{endpoint}: answer failed verification: {exc}", status=status) from None
+
+    def _error(self, endpoint: str, status: int, headers: Mapping[str, str], raw: bytes) -> errors.WechatError:
+        try:
+            payload = json.loads(raw) if raw else {}
+        except ValueError:
+            payload = {}
+        code = payload.get("code") if isinstance(payload, dict) else None
+        message = payload.get("message") if isinstance(payload, dict) else None
+        text = f"{endpoint}: WeChat answered {status} {code or ''} {message or ''}".strip()
+        if status == 429 or code in ("FREQUENCY_LIMITED", "RATELIMIT_EXCEEDED", "RATE_LIMITED"):
+            self.limiter.pause(RATE_LIMIT_PAUSE)
+            return errors.WechatRetryable(text, wechat_code=code, status=status)
+        if status >= 500 or status == 408:
+            return errors.WechatRetryable(text, wechat_code=code, status=status)
+        if "Wechatpay-Signature" in headers and status != 401:
+            # A final error closes a payment, so a signed one must verify; a forged one is not final.
+            try:
+                crypto.verify_signed_message(headers, raw, self._platform_keys, now=self._now())
+            except crypto.CryptoError as exc:
+                log.warning("wechat.error_unverified", endpoint=endpoint, status=status, error=str(exc))
+                return errors.WechatRetryable(f"{text} (unverified: {exc})", wechat_code=code, status=status)
+        return errors.WechatFinal(text, wechat_code=code, status=status)
+
+
+def parse_transaction(body: Mapping[str, Any]) -> Transaction:
+    """A query answer or decrypted notification resource → `Transaction`."""
+    amount = body.get("amount") if isinstance(body.get("amount"), dict) else {}
+    success_time = body.get("success_time")
+    parsed_time = None
+    if isinstance(success_time, str) and success_time:
+        try:
+            parsed_time = dt.datetime.fromisoformat(success_time)
+        except ValueError:
+            raise errors.WechatRetryable(f"unreadable success_time {success_time!r}") from None
+    trade_state = body.get("trade_state")
+    out_trade_no = body.get("out_trade_no")
+    if not isinstance(trade_state, str) or not isinstance(out_trade_no, str):
+        raise errors.WechatRetryable("transaction lacks trade_state or out_trade_no")
+    total = amount.get("total")  # type: ignore[union-attr]
+    payer_total = amount.get("payer_total")  # type: ignore[union-attr]
+    return Transaction(
+        out_trade_no=out_trade_no,
+        trade_state=trade_state,
+        transaction_id=body.get("transaction_id") or None,
+        amount=total if isinstance(total, int) and not isinstance(total, bool) else None,
+        payer_total=payer_total if isinstance(payer_total, int) and not isinstance(payer_total, bool) else None,
+        success_time=parsed_time,
+        mchid=body.get("mchid"),
+        appid=body.get("appid"),
+        raw=dict(body),
+    )
+
+
+def _dumps(body: Mapping[str, Any]) -> bytes:
+    return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
+def _read(path: str) -> bytes:
+    try:
+        with open(path, "rb") as handle:
+            return handle.read()
+    except OSError as exc:
+        raise errors.SettingsError(f"cannot read {path!r}: {exc.strerror}") from None

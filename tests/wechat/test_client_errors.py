@@ -1,0 +1,183 @@
+"""WechatPayClient's narrow error paths, with aioresponses standing in for the network."""
+
+from __future__ import annotations
+
+import datetime as dt
+import gzip
+import json
+import re
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from payflow import errors
+from payflow.devkeys import KeySet
+from payflow.ratelimit import RateLimiter
+from payflow.wechat import crypto
+from payflow.wechat.api import JsapiOrder
+from payflow.wechat.client import BillInfo, WechatPayClient
+from tests.mock_http import mocked_http as aioresponses
+
+BASE = "https://wechat.test"
+NOW = 1_764_158_400.0
+JSAPI = f"{BASE}/v3/pay/transactions/jsapi"
+ORDER = JsapiOrder(out_trade_no="PF0000000001", description="Beans", amount=1999,
+                   openid="oUpF8uMuAJO_M2pxb1Q9zNjWeS6o",
+                   time_expire=dt.datetime(2026, 11, 26, 22, 0, tzinfo=dt.timezone(dt.timedelta(hours=8))),
+                   notify_url="https://pay.example.com/v1/wechat/notify")
+
+
+async def _no_sleep(seconds: float) -> None:
+    return None
+
+
+@pytest.fixture
+async def client(keyset: KeySet) -> AsyncIterator[WechatPayClient]:
+    client = WechatPayClient(
+        base_url=BASE, mchid=keyset.mchid, appid=keyset.appid, mch_serial=keyset.mch_serial,
+        private_key=keyset.merchant_private_key, platform_keys={keyset.pub_key_id: keyset.platform_public_key},
+        timeout=2, now=lambda: NOW, limiter=RateLimiter(rate=1000, burst=1000), sleep=_no_sleep,
+    )
+    yield client
+    await client.aclose()
+
+
+def _signed(keyset: KeySet, body: bytes, *, key: Any = None) -> dict[str, str]:
+    return crypto.sign_response_headers(key or keyset.platform_private_key, keyset.pub_key_id, body,
+                                        timestamp=int(NOW))
+
+
+def _json(
+    keyset: KeySet, status: int, payload: dict[str, Any], *, signed: bool = True, key: Any = None
+) -> dict[str, Any]:
+    body = json.dumps(payload).encode()
+    return {"status": status, "body": body, "headers": _signed(keyset, body, key=key) if signed else {}}
+
+
+async def test_place_retries_with_identical_bytes_after_500(client: WechatPayClient, keyset: KeySet) -> None:
+    seen: list[tuple[bytes, str]] = []
+
+    def capture(url: Any, **kwargs: Any) -> None:
+        seen.append((kwargs["data"], kwargs["headers"]["Authorization"]))
+
+    with aioresponses() as mocked:
+        mocked.post(JSAPI, callback=capture, **_json(keyset, 500, {"code": "SYSTEM_ERROR", "message": "busy"}))
+        mocked.post(JSAPI, callback=capture, exception=TimeoutError())
+        mocked.post(JSAPI, callback=capture, **_json(keyset, 200, {"prepay_id": "wx26prepay"}))
+        assert await client.place_jsapi(ORDER) == "wx26prepay"
+    assert len(seen) == 3 and len({body for body, _ in seen}) == 1
+    body = json.loads(seen[0][0])
+    assert body["out_trade_no"] == "PF0000000001" and body["amount"] == {"total": 1999, "currency": "CNY"}
+    assert body["time_expire"] == "2026-11-26T22:00:00+08:00" and body["mchid"] == keyset.mchid
+    # each attempt is signed afresh (new nonce) over the same bytes
+    assert len({auth for _, auth in seen}) == 3
+    auth = crypto.parse_authorization_header(seen[0][1])
+    message = crypto.build_request_message("POST", "/v3/pay/transactions/jsapi", auth["timestamp"],
+                                           auth["nonce_str"], seen[0][0])
+    crypto.verify(keyset.merchant_public_key, message, auth["signature"])
+
+
+async def test_place_gives_up_retryable_after_its_attempts(client: WechatPayClient, keyset: KeySet) -> None:
+    with aioresponses() as mocked:
+        mocked.post(JSAPI, repeat=True, **_json(keyset, 503, {"code": "SERVICE_UNAVAILABLE", "message": "x"}))
+        with pytest.raises(errors.WechatRetryable) as info:
+            await client.place_jsapi(ORDER)
+    assert info.value.status == 503
+
+
+@pytest.mark.parametrize(
+    ("status", "payload", "signed", "expected", "code"),
+    [
+        (400, {"code": "PARAM_ERROR", "message": "openid"}, True, errors.WechatFinal, "PARAM_ERROR"),
+        (403, {"code": "OUT_TRADE_NO_USED", "message": "used"}, True, errors.WechatFinal, "OUT_TRADE_NO_USED"),
+        (401, {"code": "SIGN_ERROR", "message": "sign"}, False, errors.WechatFinal, "SIGN_ERROR"),
+        (429, {"code": "FREQUENCY_LIMITED", "message": "slow"}, True, errors.WechatRetryable, "FREQUENCY_LIMITED"),
+        (202, {"code": "USER_PAYING", "message": "paying"}, True, errors.WechatRetryable, "USER_PAYING"),
+        (200, {"prepay_id": "wx"}, False, errors.WechatRetryable, None),  # unsigned success: maybe forged
+        (200, {"no_prepay_id": 1}, True, errors.WechatRetryable, None),
+    ],
+)
+async def test_error_classification(client: WechatPayClient, keyset: KeySet, status: int,
+                                   payload: dict[str, Any], signed: bool, expected: type, code: str | None) -> None:
+    client._place_attempts = 1
+    with aioresponses() as mocked:
+        mocked.post(JSAPI, **_json(keyset, status, payload, signed=signed))
+        with pytest.raises(expected) as info:
+            await client.place_jsapi(ORDER)
+    assert info.value.wechat_code == code
+
+
+async def test_a_final_error_with_a_forged_signature_is_not_final(
+    client: WechatPayClient, keyset: KeySet, other_keyset: KeySet
+) -> None:
+    client._place_attempts = 1
+    with aioresponses() as mocked:
+        mocked.post(JSAPI, **_json(keyset, 400, {"code": "PARAM_ERROR", "message": "x"},
+                                   key=other_keyset.platform_private_key))
+        with pytest.raises(errors.WechatRetryable):
+            await client.place_jsapi(ORDER)
+
+
+async def test_rate_limit_pauses_the_shared_limiter(client: WechatPayClient, keyset: KeySet) -> None:
+    client._place_attempts = 1
+    with aioresponses() as mocked:
+        mocked.post(JSAPI, **_json(keyset, 429, {"code": "FREQUENCY_LIMITED", "message": "slow"}))
+        with pytest.raises(errors.WechatRetryable):
+            await client.place_jsapi(ORDER)
+    assert client.limiter._paused_until > 0
+
+
+async def test_query_shapes(client: WechatPayClient, keyset: KeySet) -> None:
+    url = re.compile(rf"^{re.escape(BASE)}/v3/pay/transactions/out-trade-no/.*")
+    success = {"out_trade_no": "PF0000000001", "trade_state": "SUCCESS", "transaction_id": "4200",
+               "success_time": "2026-11-26T20:01:02+08:00", "mchid": keyset.mchid, "appid": keyset.appid,
+               "amount": {"total": 1999, "payer_total": 1999, "currency": "CNY", "payer_currency": "CNY"}}
+    with aioresponses() as mocked:
+        mocked.get(url, **_json(keyset, 200, success))
+        mocked.get(url, **_json(keyset, 404, {"code": "ORDER_NOT_EXIST", "message": "none"}))
+        mocked.get(url, **_json(keyset, 200, {"out_trade_no": "PF0000000001", "trade_state": "NOTPAY",
+                                               "amount": {"payer_currency": "CNY", "total": 1999}}))
+        paid = await client.query("PF0000000001")
+        assert paid is not None and paid.trade_state == "SUCCESS" and paid.amount == 1999
+        assert paid.success_time == dt.datetime(2026, 11, 26, 12, 1, 2, tzinfo=dt.UTC)
+        assert await client.query("PF0000000001") is None
+        unpaid = await client.query("PF0000000001")
+        assert unpaid is not None and unpaid.trade_state == "NOTPAY" and unpaid.transaction_id is None
+        [(method, sent_url)] = [key for key in mocked.requests if key[0] == "GET"]
+        assert sent_url.raw_path_qs == f"/v3/pay/transactions/out-trade-no/PF0000000001?mchid={keyset.mchid}"
+
+
+async def test_close_needs_a_signed_204(client: WechatPayClient, keyset: KeySet) -> None:
+    url = f"{BASE}/v3/pay/transactions/out-trade-no/PF0000000001/close"
+    with aioresponses() as mocked:
+        mocked.post(url, status=204, body=b"", headers=_signed(keyset, b""))
+        mocked.post(url, status=204, body=b"")
+        mocked.post(url, **_json(keyset, 400, {"code": "ORDERPAID", "message": "paid"}))
+        await client.close_order("PF0000000001")
+        with pytest.raises(errors.WechatRetryable):
+            await client.close_order("PF0000000001")
+        with pytest.raises(errors.WechatFinal) as info:
+            await client.close_order("PF0000000001")
+    assert info.value.wechat_code == "ORDERPAID"
+
+
+@pytest.mark.parametrize("compressed", [False, True])
+async def test_bill_download_checks_sha1(client: WechatPayClient, compressed: bool) -> None:
+    content = "\ufeff交易时间,公众账号ID\r\n`2026-11-26 10:00:00,`wx1\r\n".encode()
+    download = f"{BASE}/v3/billdownload/file?token=abc"
+    info = BillInfo(dt.date(2026, 11, 26), "SHA1", crypto.sha1_hex(content), download, compressed)
+    with aioresponses() as mocked:
+        wire = gzip.compress(content) if compressed else content
+        mocked.get(download, status=200, body=wire, content_type="application/octet-stream")  # unsigned
+        mocked.get(download, status=200, body=wire + (b"" if compressed else b"x"))
+        assert await client.download_bill(info) == content
+        if not compressed:
+            with pytest.raises(errors.BillHashMismatch):
+                await client.download_bill(info)
+
+
+async def test_bill_download_refuses_foreign_paths(client: WechatPayClient) -> None:
+    info = BillInfo(dt.date(2026, 11, 26), "SHA1", "0" * 40, f"{BASE}/v3/other?token=abc", False)
+    with pytest.raises(errors.WechatFinal):
+        await client.download_bill(info)
