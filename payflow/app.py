@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 from aiohttp import web
 
+from payflow.backend import BackendClient
 from payflow.clock import Clock
 from payflow.http import keys, middlewares, routes
+from payflow.ratelimit import RateLimiter
 from payflow.service import PaymentService
 from payflow.settings import Settings
 from payflow.store import PaymentStore, open_store
+from payflow.sweeper import Sweeper
 from payflow.wechat.api import WechatApi
 from payflow.wechat.client import WechatPayClient
 from payflow.wechat.notify import NotificationVerifier
@@ -27,9 +31,14 @@ def create_app(
     store: PaymentStore | None = None,
     wechat: WechatApi | None = None,
     verifier: NotificationVerifier | None = None,
+    backend: BackendClient | None = None,
     clock: Clock | None = None,
+    run_sweeper: bool = True,
 ) -> web.Application:
-    """Build the app. Injected resources are used as they are and not closed by the app."""
+    """Build the app. Injected resources are used as they are and not closed by the app.
+
+    Tests that drive the sweeper themselves (`Sweeper.run_once()`) pass `run_sweeper=False`.
+    """
     app = web.Application(
         middlewares=[
             middlewares.request_id_middleware,
@@ -53,7 +62,8 @@ def create_app(
     async def wechat_ctx(app: web.Application) -> AsyncIterator[None]:
         client = None
         if wechat is None and not _missing_wechat(settings):
-            client = WechatPayClient.from_settings(settings)
+            client = WechatPayClient.from_settings(
+                settings, timeout=settings.wechat_timeout, limiter=RateLimiter(settings.wechat_rate))
         app[keys.WECHAT] = wechat if wechat is not None else client
         try:
             yield
@@ -61,13 +71,43 @@ def create_app(
             if client is not None:
                 await client.aclose()
 
+    async def backend_ctx(app: web.Application) -> AsyncIterator[None]:
+        client = None
+        if backend is None and settings.backend_url and settings.backend_secret:
+            client = BackendClient(settings.backend_url, settings.backend_secret, timeout=settings.backend_timeout)
+        app[keys.BACKEND] = backend if backend is not None else client
+        try:
+            yield
+        finally:
+            if client is not None:
+                await client.aclose()
+
     async def service_ctx(app: web.Application) -> AsyncIterator[None]:
-        app[keys.SERVICE] = PaymentService(
-            app[keys.STORE], settings, wechat=app[keys.WECHAT],
+        service = PaymentService(
+            app[keys.STORE], settings, wechat=app[keys.WECHAT], backend=app[keys.BACKEND],
             verifier=verifier if verifier is not None else NotificationVerifier.from_settings(settings),
             clock=clock)
+        app[keys.SERVICE] = service
         yield
+        # In-flight forwards get a grace period; one cut short is redone by a sweeper (the row is the outbox).
+        await service.drain(grace=settings.backend_timeout + 1)
 
-    app.cleanup_ctx.extend([store_ctx, wechat_ctx, service_ctx])
+    async def sweeper_ctx(app: web.Application) -> AsyncIterator[None]:
+        if settings.sweep_interval <= 0 or not run_sweeper:
+            yield
+            return
+        stop = asyncio.Event()
+        task = asyncio.get_running_loop().create_task(Sweeper(app[keys.SERVICE]).run(stop), name="sweeper")
+        try:
+            yield
+        finally:
+            stop.set()
+            # The sweeper finishes its pass; only a pass stuck past the grace is cancelled.
+            done, _ = await asyncio.wait({task}, timeout=settings.backend_timeout + settings.wechat_timeout + 1)
+            if not done:
+                task.cancel()
+                await asyncio.wait({task})
+
+    app.cleanup_ctx.extend([store_ctx, wechat_ctx, backend_ctx, service_ctx, sweeper_ctx])
     routes.setup(app)
     return app

@@ -33,6 +33,15 @@ REQUIRED_FOR_SERVE = (
 )
 
 
+EXTRA_DURATIONS = {
+    "PAYFLOW_CREATED_GRACE": "created_grace",
+    "PAYFLOW_PLACEMENT_GRACE": "placement_grace",
+    "PAYFLOW_LEASE": "lease",
+    "PAYFLOW_BACKEND_TIMEOUT": "backend_timeout",
+    "PAYFLOW_WECHAT_TIMEOUT": "wechat_timeout",
+}
+
+
 def parse_duration(text: str, *, name: str = "duration") -> float:
     """`200ms`, `15s`, `2h`, `1d` → seconds. A bare `0` is accepted; other unitless numbers are not."""
     if text.strip() == "0":
@@ -74,9 +83,19 @@ class Settings:
     payment_ttl: float = 2 * 3600.0
     sweep_interval: float = 5.0
     log_format: str | None = None  # None: JSON when stderr is not a TTY
-    # Not in the environment contract; tests and benchmarks override them directly.
+    # Beyond the contract of DESIGN §6.4 (documented in README); chaos runs compress them.
+    created_grace: float = 10.0  # first query of a payment whose placement outcome is unknown
+    placement_grace: float = 60.0  # absent at WeChat this long after creation → never placed → close
+    lease: float = 60.0  # how long a claimed payment stays with its worker if that worker dies
+    backend_timeout: float = 10.0
+    wechat_timeout: float = 10.0
+    wechat_rate: float = 50.0  # WeChat calls per second, all endpoints together
+    jitter: float = 0.1  # ± fraction applied to every backoff step
+    # Not in the environment; tests and benchmarks override them directly.
     max_body_bytes: int = 64 * 1024
-    created_grace: float = 10.0
+    sweep_batch: int = 100
+    sweep_concurrency: int = 8
+    read_query_interval: float = 2.0  # query-on-read: at most once per payment per this many seconds
 
     @property
     def payment_ttl_delta(self) -> dt.timedelta:
@@ -124,6 +143,19 @@ class Settings:
             values["payment_ttl"] = seconds
         if (interval := get("PAYFLOW_SWEEP_INTERVAL")) is not None:
             values["sweep_interval"] = parse_duration(interval, name="PAYFLOW_SWEEP_INTERVAL")
+        for env_name, field in EXTRA_DURATIONS.items():
+            if (text := get(env_name)) is not None:
+                seconds = parse_duration(text, name=env_name)
+                if seconds <= 0:
+                    raise errors.SettingsError(f"{env_name}: must be longer than 0")
+                values[field] = seconds
+        if (rate := get("PAYFLOW_WECHAT_RATE")) is not None:
+            try:
+                values["wechat_rate"] = float(rate)
+            except ValueError:
+                values["wechat_rate"] = -1.0
+            if not 0 < float(values["wechat_rate"]) <= 10000:  # type: ignore[arg-type]
+                raise errors.SettingsError(f"PAYFLOW_WECHAT_RATE: {rate!r} is not a rate in calls per second")
         if (fmt := get("PAYFLOW_LOG_FORMAT")) is not None:
             if fmt not in ("json", "console"):
                 raise errors.SettingsError(f"PAYFLOW_LOG_FORMAT: {fmt!r} is not one of json, console")

@@ -35,6 +35,7 @@ def settings(tmp_path: pathlib.Path, keyset: devkeys.KeySet) -> Settings:
         api_token=API_TOKEN,
         admin_token=ADMIN_TOKEN,
         max_body_bytes=4096,
+        jitter=0.0,  # schedules are exact in tests
     )
 
 

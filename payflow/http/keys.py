@@ -12,3 +12,4 @@ SETTINGS = web.AppKey("SETTINGS", Settings)
 STORE = web.AppKey("STORE", PaymentStore)
 SERVICE = web.AppKey("SERVICE", PaymentService)
 WECHAT = web.AppKey("WECHAT", object)  # a WechatApi, or None when WeChat is not configured
+BACKEND = web.AppKey("BACKEND", object)  # a BackendClient, or None when the backend is not configured

@@ -18,7 +18,14 @@ async def create_payment(request: web.Request) -> web.Response:
 @requires("api")
 async def get_payment(request: web.Request) -> web.Response:
     out_trade_no = payloads.out_trade_no(request.match_info["out_trade_no"])
-    payment = await request.app[keys.SERVICE].get_payment(out_trade_no)
+    payment = await request.app[keys.SERVICE].view_payment(out_trade_no)
+    return web.json_response(payment.view())
+
+
+@requires("api")
+async def close_payment(request: web.Request) -> web.Response:
+    out_trade_no = payloads.out_trade_no(request.match_info["out_trade_no"])
+    payment = await request.app[keys.SERVICE].close_by_payer(out_trade_no)
     return web.json_response(payment.view())
 
 
@@ -47,6 +54,7 @@ async def readyz(request: web.Request) -> web.Response:
 def setup(app: web.Application) -> None:
     app.router.add_post("/v1/payments", create_payment)
     app.router.add_get("/v1/payments/{out_trade_no}", get_payment)
+    app.router.add_post("/v1/payments/{out_trade_no}/close", close_payment)
     app.router.add_get("/v1/payments/{out_trade_no}/events", payment_events)
     app.router.add_post("/v1/wechat/notify", wechat_notify)
     app.router.add_get("/healthz", healthz)

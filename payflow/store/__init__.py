@@ -48,12 +48,15 @@ class PaymentStore(abc.ABC):
         detail: Mapping[str, Any] | None = None,
         changes: Mapping[str, Any] | None = None,
         notification: models.Notification | None = None,
+        lease_token: str | None = None,
     ) -> models.Payment:
         """Move `payment` from the state it was read in to `to`, if nobody changed it since.
 
         `changes` may set the columns in CHANGEABLE. `notification`, when given, is recorded in the same
-        transaction (so an acknowledged notification and its effect are durable together). Raises
-        `IllegalTransition` if the table has no such step, `StaleState` if the CAS lost.
+        transaction (so an acknowledged notification and its effect are durable together). A transition
+        ends any lease, unless `lease_token` is given: then the caller holds a new lease until
+        `next_attempt_at` (how the process that took a notification keeps the first forward to itself).
+        Raises `IllegalTransition` if the table has no such step, `StaleState` if the CAS lost.
         """
 
     @abc.abstractmethod

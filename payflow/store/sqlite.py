@@ -241,6 +241,7 @@ class SqliteStore(PaymentStore):
         detail: Mapping[str, Any] | None = None,
         changes: Mapping[str, Any] | None = None,
         notification: models.Notification | None = None,
+        lease_token: str | None = None,
     ) -> models.Payment:
         to, trigger = State(to), Trigger(trigger)
         # The table is checked here too, so no caller can write a step the state machine does not have.
@@ -258,10 +259,11 @@ class SqliteStore(PaymentStore):
         try:
             async with self._transaction() as db:
                 cursor = await db.execute(
-                    f"UPDATE payments SET state = ?, version = version + 1, lease_token = NULL, "
+                    f"UPDATE payments SET state = ?, version = version + 1, lease_token = ?, "
                     f"updated_at = ?, {assignments} "
                     f"WHERE out_trade_no = ? AND state = ? AND version = ?",
-                    (to.value, _ts(at), *params, payment.out_trade_no, payment.state.value, payment.version),
+                    (to.value, lease_token, _ts(at), *params, payment.out_trade_no, payment.state.value,
+                     payment.version),
                 )
                 if cursor.rowcount != 1:
                     raise errors.StaleState(

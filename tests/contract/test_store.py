@@ -199,6 +199,22 @@ async def test_transition_ends_a_lease(store: PaymentStore) -> None:
     assert [p.out_trade_no for p in await store.claim_due(T0, 1, 30)] == [payment.out_trade_no]
 
 
+async def test_a_transition_can_hand_its_writer_a_lease(store: PaymentStore) -> None:
+    payment = await _prepaid(store)
+    lease_until = T0 + dt.timedelta(seconds=30)
+    paid = await store.transition(payment, State.NOTIFIED, Trigger.PAY, source=Source.NOTIFY, at=T0,
+                                  changes={"transaction_id": "42", "next_attempt_at": lease_until},
+                                  lease_token="mine")
+    assert paid.lease_token == "mine"
+    assert await store.claim_due(T0 + dt.timedelta(seconds=29), 10, 30) == []  # nobody else takes it
+    # the holder finishes with a reschedule under its lease
+    done = await store.reschedule(paid, next_attempt_at=T0 + dt.timedelta(minutes=1), attempts=1, at=T0)
+    assert done.lease_token is None and done.attempts == 1
+    # had it died instead, the payment would have been due again once the lease ran out
+    [again] = await store.claim_due(T0 + dt.timedelta(minutes=1), 10, 30)
+    assert again.out_trade_no == payment.out_trade_no
+
+
 async def test_notifications_are_deduplicated(store: PaymentStore) -> None:
     note = models.Notification(notification_id="EV-1", received_at=T0, event_type="TRANSACTION.SUCCESS",
                                out_trade_no=None, outcome="unknown_payment", resource={"out_trade_no": "x"})

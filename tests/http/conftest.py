@@ -17,4 +17,4 @@ from tests.fakes import FakeWechat
 async def client(aiohttp_client: Any, settings: Settings, sqlite_store: PaymentStore, wechat: FakeWechat,
                  clock: FakeClock, verifier: NotificationVerifier) -> TestClient:
     return await aiohttp_client(create_app(settings, store=sqlite_store, wechat=wechat, verifier=verifier,
-                                           clock=clock))
+                                           clock=clock, run_sweeper=False))

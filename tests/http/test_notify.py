@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 from typing import Any
 
 import pytest
@@ -57,7 +58,12 @@ async def test_valid_notification_pays_once_and_commits_before_answering(
     assert paid is not None and paid.state is State.NOTIFIED and paid.paid
     assert paid.transaction_id == txn["transaction_id"] and paid.paid_amount == 1999
     assert paid.paid_at is not None and paid.paid_at.isoformat() == "2026-11-26T12:01:02+00:00"
-    assert paid.next_attempt_at == clock.now()  # the outbox: forwarding is due at once
+    # The notified row is the outbox, and this process forwards at once: here no backend is configured,
+    # so that first attempt fails and the next one is scheduled on PAYFLOW_FORWARD_SCHEDULE.
+    await client.app[app_keys.SERVICE].drain()
+    after = await sqlite_store.get(prepaid.out_trade_no)
+    assert after is not None and after.state is State.NOTIFIED and after.attempts == 1
+    assert after.next_attempt_at == clock.now() + dt.timedelta(seconds=15)
     assert note is not None and note.outcome == "accepted" and note.out_trade_no == prepaid.out_trade_no
     last = (await sqlite_store.events(prepaid.out_trade_no))[-1]
     assert (last.trigger, last.source, last.to_state) == ("pay", "notify", State.NOTIFIED)

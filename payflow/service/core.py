@@ -1,0 +1,142 @@
+"""What every use case shares: collaborators, the clock, CAS transitions, and tracked background tasks."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import random
+from collections.abc import Coroutine, Mapping
+from typing import Any
+
+from payflow import errors, logs, models, states
+from payflow.backend import BackendClient
+from payflow.clock import Clock, SystemClock
+from payflow.settings import Settings
+from payflow.states import Source, Trigger
+from payflow.store import PaymentStore
+from payflow.wechat.api import WechatApi
+from payflow.wechat.notify import NotificationVerifier
+
+log = logs.get_logger("payflow.service")
+
+SHANGHAI = dt.timezone(dt.timedelta(hours=8), "Asia/Shanghai")
+# How often to re-read and re-decide when concurrent writers keep winning the CAS.
+STALE_RETRIES = 5
+
+
+class ServiceCore:
+    def __init__(
+        self,
+        store: PaymentStore,
+        settings: Settings,
+        *,
+        wechat: WechatApi | None = None,
+        backend: BackendClient | None = None,
+        verifier: NotificationVerifier | None = None,
+        clock: Clock | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.store = store
+        self.settings = settings
+        self.wechat = wechat
+        self.backend = backend
+        self.verifier = verifier
+        self.clock = clock or SystemClock()
+        self._rng = rng or random.Random()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        # query-on-read: out_trade_no → (when asked, the shared query task)
+        self._read_queries: dict[str, tuple[dt.datetime, asyncio.Task[None]]] = {}
+
+    def now(self) -> dt.datetime:
+        return self.clock.now()
+
+    def after(self, seconds: float) -> dt.datetime:
+        """now + seconds, with the configured ± jitter so retries of many payments spread out."""
+        spread = self.settings.jitter
+        factor = self._rng.uniform(1 - spread, 1 + spread) if spread else 1.0
+        return self.now() + dt.timedelta(seconds=seconds * factor)
+
+    # --- reads --------------------------------------------------------------------------------
+
+    async def get_payment(self, out_trade_no: str) -> models.Payment:
+        payment = await self.store.get(out_trade_no)
+        if payment is None:
+            raise errors.NotFound(f"no payment with out_trade_no {out_trade_no!r}")
+        return payment
+
+    async def timeline(self, out_trade_no: str) -> list[models.Event]:
+        await self.get_payment(out_trade_no)
+        return await self.store.events(out_trade_no)
+
+    # --- transitions --------------------------------------------------------------------------
+
+    async def _transition(
+        self,
+        payment: models.Payment,
+        trigger: Trigger,
+        *,
+        source: Source,
+        payload: Mapping[str, Any] | None = None,
+        detail: Mapping[str, Any] | None = None,
+        changes: Mapping[str, Any] | None = None,
+        notification: models.Notification | None = None,
+        lease_token: str | None = None,
+    ) -> models.Payment:
+        """Plan `trigger` on the payment as read and write it with CAS; raises StaleState on a lost race."""
+        payload = dict(payload or {})
+        to = states.plan(payment, trigger, **payload)
+        moved = await self.store.transition(
+            payment, to, trigger, source=source, at=self.now(),
+            detail={**payload, **(detail or {})}, changes=changes, notification=notification,
+            lease_token=lease_token,
+        )
+        log.info("payment.transitioned", out_trade_no=payment.out_trade_no, trigger=trigger.value,
+                 source=source.value, from_state=payment.state.value, state=to.value)
+        return moved
+
+    async def _apply(self, payment: models.Payment, trigger: Trigger, **kwargs: Any) -> models.Payment:
+        """`_transition`, but a lost race returns the winner's payment instead of raising.
+
+        A loser does not retry blindly: whoever won already moved the payment on, and the caller decides
+        from the fresh state what (if anything) is left to do.
+        """
+        try:
+            return await self._transition(payment, trigger, **kwargs)
+        except errors.StaleState:
+            fresh = await self.get_payment(payment.out_trade_no)
+            log.info("payment.transition_lost", out_trade_no=payment.out_trade_no, trigger=trigger.value,
+                     state=fresh.state.value)
+            return fresh
+
+    async def _reschedule(self, payment: models.Payment, at: dt.datetime | None, attempts: int) -> models.Payment:
+        """Set the next attempt; if the payment moved on meanwhile, the mover's schedule stands."""
+        try:
+            return await self.store.reschedule(payment, next_attempt_at=at, attempts=attempts, at=self.now())
+        except errors.StaleState:
+            return await self.get_payment(payment.out_trade_no)
+
+    # --- background work ----------------------------------------------------------------------
+
+    def spawn(self, coroutine: Coroutine[Any, Any, Any], name: str) -> None:
+        """Run `coroutine` in the background; kept so shutdown can wait for it, and failures logged."""
+        task = asyncio.get_running_loop().create_task(coroutine, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._finished)
+
+    def _finished(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("task.failed", task=task.get_name(), error=repr(task.exception()))
+
+    async def drain(self, grace: float = 10.0) -> None:
+        """Wait up to `grace` seconds for background work, then cancel what is left.
+
+        A cancelled forward is not lost: its payment is still `notified` and the sweeper redoes it.
+        """
+        if not self._tasks:
+            return
+        _, pending = await asyncio.wait(set(self._tasks), timeout=grace)
+        for task in pending:
+            task.cancel()
+        if pending:
+            await asyncio.wait(pending)

@@ -1,0 +1,150 @@
+"""Creating payments: stored as `created` before WeChat hears of them, then placed as JSAPI orders."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import secrets
+import uuid
+from typing import Any
+
+from payflow import errors, logs, models
+from payflow.service.core import SHANGHAI, ServiceCore
+from payflow.states import Source, State, Trigger
+from payflow.wechat.api import JsapiOrder
+
+log = logs.get_logger("payflow.service")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class NewPayment:
+    """A validated `POST /v1/payments` request."""
+
+    order_id: str
+    amount: int
+    description: str
+    openid: str
+    attach: str | None = None
+    out_trade_no: str | None = None
+    expires_in: int | None = None  # seconds
+
+    def differences(self, payment: models.Payment) -> list[str]:
+        """The fields in which this request contradicts the stored payment of the same order_id.
+
+        `expires_in` is relative to the first request, so a retry cannot be compared on it.
+        """
+        diff = [name for name in ("amount", "description", "openid", "attach")
+                if getattr(self, name) != getattr(payment, name)]
+        if self.out_trade_no is not None and self.out_trade_no != payment.out_trade_no:
+            diff.append("out_trade_no")
+        return diff
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Created:
+    payment: models.Payment
+    pay_params: dict[str, str] | None
+    new: bool  # False when an earlier request with the same order_id made it
+
+    def view(self) -> dict[str, Any]:
+        return {**self.payment.view(), "prepay_id": self.payment.prepay_id, "pay_params": self.pay_params}
+
+
+class Placement(ServiceCore):
+    async def create_payment(self, request: NewPayment) -> Created:
+        """Store the payment as `created` before calling WeChat, then place the JSAPI order.
+
+        Idempotent by order_id: the same request returns the same payment (and retries a placement
+        whose outcome was unknown); a different one raises `Conflict`.
+        """
+        existing = await self.store.get_by_order_id(request.order_id)
+        if existing is None:
+            now = self.now()
+            ttl = request.expires_in if request.expires_in is not None else self.settings.payment_ttl
+            payment = models.Payment(
+                out_trade_no=request.out_trade_no or _new_out_trade_no(now),
+                order_id=request.order_id,
+                amount=request.amount,
+                description=request.description,
+                openid=request.openid,
+                attach=request.attach,
+                state=State.CREATED,
+                version=1,
+                event_id=f"evt_{uuid.uuid4().hex}",
+                created_at=now,
+                updated_at=now,
+                expires_at=(now + dt.timedelta(seconds=ttl)).replace(microsecond=0),
+                # If we crash before WeChat answers, the sweeper finds out what happened after this grace.
+                next_attempt_at=now + dt.timedelta(seconds=self.settings.created_grace),
+            )
+            try:
+                created = await self.store.create(payment, source=Source.API,
+                                                  detail={"expires_at": payment.expires_at.isoformat()})
+            except errors.DuplicatePayment:
+                # A concurrent request with the same order_id won the insert; answer as its retry.
+                existing = await self.store.get_by_order_id(request.order_id)
+                if existing is None:
+                    raise errors.Conflict(
+                        f"out_trade_no {payment.out_trade_no!r} is already used by another order") from None
+            else:
+                with logs.bound(out_trade_no=created.out_trade_no):
+                    log.info("payment.created", order_id=created.order_id, amount=created.amount)
+                    placed = await self.place(created)
+                return Created(placed, self.pay_params(placed), new=True)
+
+        diff = request.differences(existing)
+        if diff:
+            raise errors.Conflict(
+                f"order_id {request.order_id!r} already has a payment with different {', '.join(diff)}")
+        if existing.state is State.CREATED:
+            with logs.bound(out_trade_no=existing.out_trade_no):
+                existing = await self.place(existing)
+        return Created(existing, self.pay_params(existing), new=False)
+
+    def jsapi_order(self, payment: models.Payment) -> JsapiOrder:
+        """The order exactly as first sent: WeChat's re-entry rule needs identical parameters."""
+        if self.settings.notify_url is None:
+            raise errors.WechatRetryable("PAYFLOW_NOTIFY_URL is not configured")
+        return JsapiOrder(
+            out_trade_no=payment.out_trade_no,
+            description=payment.description,
+            amount=payment.amount,
+            openid=payment.openid,
+            attach=payment.attach,
+            time_expire=payment.expires_at.astimezone(SHANGHAI),
+            notify_url=self.settings.notify_url,
+        )
+
+    async def place(self, payment: models.Payment) -> models.Payment:
+        """Place (or re-enter) the JSAPI order of a `created` payment → `prepaid`, or `closed` if refused.
+
+        Raises `WechatRetryable` when the outcome is unknown (the payment stays `created`), and
+        `WechatFinal` after closing the payment when WeChat refused it for good.
+        """
+        if self.wechat is None:
+            raise errors.WechatRetryable("no WeChat Pay client is configured")
+        try:
+            prepay_id = await self.wechat.place_jsapi(self.jsapi_order(payment))
+        except errors.WechatRetryable as exc:
+            # Outcome unknown: the payment stays `created`; its next_attempt_at lets the sweeper query it.
+            log.warning("payment.placement_deferred", error=str(exc), wechat_code=exc.wechat_code)
+            raise
+        except errors.WechatFinal as exc:
+            await self._apply(payment, Trigger.CLOSE, source=Source.API,
+                              detail={"reason": "placement_rejected", "wechat_code": exc.wechat_code,
+                                      "message": str(exc)})
+            raise
+        return await self._apply(
+            payment, Trigger.PREPAY, source=Source.API, payload={"prepay_id": prepay_id},
+            changes={"prepay_id": prepay_id, "next_attempt_at": self.after(self.settings.query_schedule[0])},
+        )
+
+    def pay_params(self, payment: models.Payment) -> dict[str, str] | None:
+        if payment.state is not State.PREPAID or payment.prepay_id is None or self.wechat is None:
+            return None
+        return self.wechat.pay_params(payment.prepay_id)
+
+
+def _new_out_trade_no(now: dt.datetime) -> str:
+    """28 characters of [0-9A-Za-z]: readable time prefix plus 48 random bits."""
+    return f"PF{now.astimezone(SHANGHAI):%Y%m%d%H%M%S}{secrets.token_hex(6)}"
