@@ -9,21 +9,54 @@ import sys
 
 
 def _parser() -> argparse.ArgumentParser:
+    from simulator import backend as backend_sim
+    from simulator.wechat import server as wechat_sim
+
     parser = argparse.ArgumentParser(prog="run.py", description="payflow: a WeChat Pay gateway")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    keys = commands.add_parser("keys", help="write a development key set (and payflow.env) to DIR")
+    keys.add_argument("dir", metavar="DIR")
 
     serve = commands.add_parser("serve", help="run payflow (configured by PAYFLOW_* variables)")
     serve.add_argument("--host", help="bind address (default: PAYFLOW_HOST or 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port (default: PAYFLOW_PORT or 8080; 0 picks a free one)")
+    serve.add_argument("--dev", action="store_true",
+                       help="development mode: keys in ./.payflow-dev/, both simulators in-process on loopback")
+
+    wechat_sim.add_arguments(commands.add_parser("wechat-sim", help="run the WeChat Pay simulator alone"))
+    backend_sim.add_arguments(commands.add_parser("backend-sim", help="run the business backend simulator alone"))
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "keys":
+        from payflow import devkeys
+
+        try:
+            keys = devkeys.write_keyset(args.dir)
+        except (devkeys.KeySetError, OSError) as exc:
+            print(f"keys: {exc}", file=sys.stderr)
+            return 2
+        print(f"wrote a development key set to {keys.directory} (load it with: set -a; . {keys.directory}/payflow.env)")
+        return 0
     if args.command == "serve":
+        if args.dev:
+            from payflow import devserver
+
+            return devserver.run(host=args.host, port=args.port)
         from payflow import server
 
         return server.run_serve(os.environ, host=args.host, port=args.port)
+    if args.command == "wechat-sim":
+        from simulator.wechat import server as wechat_sim
+
+        return wechat_sim.main(args)
+    if args.command == "backend-sim":
+        from simulator import backend as backend_sim
+
+        return backend_sim.main(args)
     raise AssertionError(f"unhandled command {args.command}")
 
 

@@ -24,6 +24,10 @@ class FakeClock:
     def now(self) -> dt.datetime:
         return self._now
 
+    def set(self, moment: dt.datetime) -> dt.datetime:
+        self._now = moment
+        return self._now
+
     def advance(self, seconds: float) -> dt.datetime:
         self._now += dt.timedelta(seconds=seconds)
         return self._now

@@ -1,0 +1,130 @@
+"""The simulated WeChat Pay APIv3 endpoints, and the middleware that checks headers, authenticates,
+injects the fault plan's API errors and signs every answer."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from aiohttp import web
+
+from payflow import logs
+from payflow.wechat import crypto
+from simulator.wechat import bills, protocol, validation
+from simulator.wechat.appkeys import BILLS, CLOCK, FAULTS, KEYS, LEDGER
+from simulator.wechat.ledger import SHANGHAI, LedgerError, Order
+from simulator.wechat.protocol import ApiError
+
+log = logs.get_logger(__name__)
+
+_LEDGER_ERRORS = {
+    "ORDER_NOT_EXIST": (404, "ORDER_NOT_EXIST", "订单不存在"),
+    "ORDER_PAID": (400, "ORDERPAID", "该订单已支付"),
+    "ORDER_CLOSED": (400, "ORDER_CLOSED", "订单已关闭"),
+    "ORDER_EXPIRED": (400, "ORDER_CLOSED", "订单已关闭"),
+    "PARAMS_MISMATCH": (400, "INVALID_REQUEST", "请求重入时，参数与首次请求时不一致"),
+    "USER_PAYING": (202, "USER_PAYING", "用户支付中，需要输入密码"),
+}
+
+
+@web.middleware
+async def api_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
+    if not request.path.startswith("/v3/"):
+        return await handler(request)
+    keys, clock = request.app[KEYS], request.app[CLOCK]
+    try:
+        protocol.check_headers(request, keys)
+        protocol.authenticate(request, await request.read(), keys, clock.now())
+        fault = request.app[FAULTS].api()
+        if fault.latency > 0:
+            await asyncio.sleep(fault.latency)
+        if fault.kind == "frequency_limited":
+            raise ApiError(429, "FREQUENCY_LIMITED", "频率超限")
+        if fault.kind == "system_error" and not fault.applied:
+            raise ApiError(500, "SYSTEM_ERROR", "系统异常，请稍后重试")
+        response = await handler(request)
+        if fault.applied:
+            # The call took effect but its answer is lost: the outcome-unknown case clients must survive.
+            raise ApiError(500, "SYSTEM_ERROR", "系统异常，请稍后重试")
+        return response
+    except ApiError as exc:
+        error = exc
+    except LedgerError as exc:
+        status, code, message = _LEDGER_ERRORS.get(exc.code, (400, "INVALID_REQUEST", exc.message))
+        error = ApiError(status, code, message)
+    except web.HTTPException as exc:
+        code = {404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED"}.get(exc.status, "INVALID_REQUEST")
+        error = ApiError(exc.status, code, exc.reason)
+    log.info("api.rejected", method=request.method, path=request.path, status=error.status, code=error.code)
+    return protocol.signed_answer(keys, clock.now(), error.status, error.payload(), code=error.code)
+
+
+async def place_jsapi(request: web.Request) -> web.Response:
+    keys, now = request.app[KEYS], request.app[CLOCK].now()
+    order_request = validation.jsapi(await request.read(), keys)
+    order = request.app[LEDGER].place(order_request, now)
+    log.info("order.placed", out_trade_no=order.out_trade_no, prepay_id=order.prepay_id)
+    return protocol.signed_answer(keys, now, 200, {"prepay_id": order.prepay_id})
+
+
+async def query_by_out_trade_no(request: web.Request) -> web.Response:
+    keys, now = request.app[KEYS], request.app[CLOCK].now()
+    validation.query_mchid(request.query, keys)
+    order = request.app[LEDGER].get(request.match_info["out_trade_no"], now)
+    return protocol.signed_answer(keys, now, 200, _query_view(order))
+
+
+async def query_by_transaction_id(request: web.Request) -> web.Response:
+    keys, now = request.app[KEYS], request.app[CLOCK].now()
+    validation.query_mchid(request.query, keys)
+    order = request.app[LEDGER].by_transaction_id(request.match_info["transaction_id"], now)
+    return protocol.signed_answer(keys, now, 200, _query_view(order))
+
+
+async def close(request: web.Request) -> web.Response:
+    keys, now = request.app[KEYS], request.app[CLOCK].now()
+    validation.body_mchid(await request.read(), keys)
+    order = request.app[LEDGER].close(request.match_info["out_trade_no"], now)
+    log.info("order.closed", out_trade_no=order.out_trade_no, trade_state=str(order.state))
+    return protocol.signed_answer(keys, now, 204, None)
+
+
+async def trade_bill(request: web.Request) -> web.Response:
+    keys, now = request.app[KEYS], request.app[CLOCK].now()
+    day, bill_type, compress = validation.bill_request(request.query, now.astimezone(SHANGHAI).date())
+    plain = bills.render(request.app[LEDGER].orders(now), day, bill_type)
+    token = request.app[BILLS].issue(plain, compress=compress, now=now)
+    # The SDKs strip their own gateway prefix from download_url, so it must name this very server.
+    url = f"{request.scheme}://{request.host}/v3/billdownload/file?token={token}"
+    # hash_value covers the uncompressed bill even when the download is gzipped (§8.1).
+    payload = {"hash_type": "SHA1", "hash_value": crypto.sha1_hex(plain), "download_url": url}
+    return protocol.signed_answer(keys, now, 200, payload)
+
+
+async def download_bill(request: web.Request) -> web.Response:
+    found = request.app[BILLS].get(request.query.get("token", ""), request.app[CLOCK].now())
+    if found is None:
+        raise ApiError(400, "INVALID_REQUEST", "下载链接无效或已过期，请重新申请账单")
+    # Not signed (§8.2); served as raw bytes, never with Content-Encoding, so clients see the .gz itself.
+    headers = {"Content-Type": "application/octet-stream", "Request-ID": protocol.request_id()}
+    return web.Response(body=found.data, headers=headers)
+
+
+def _query_view(order: Order) -> dict[str, Any]:
+    # Real query answers list their keys alphabetically (§4.1 captures).
+    return _sorted(order.transaction())
+
+
+def _sorted(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {key: _sorted(value[key]) for key in sorted(value)}
+    return value
+
+
+def setup(app: web.Application) -> None:
+    app.router.add_post("/v3/pay/transactions/jsapi", place_jsapi)
+    app.router.add_get("/v3/pay/transactions/out-trade-no/{out_trade_no}", query_by_out_trade_no)
+    app.router.add_get("/v3/pay/transactions/id/{transaction_id}", query_by_transaction_id)
+    app.router.add_post("/v3/pay/transactions/out-trade-no/{out_trade_no}/close", close)
+    app.router.add_get("/v3/bill/tradebill", trade_bill)
+    app.router.add_get("/v3/billdownload/file", download_bill)

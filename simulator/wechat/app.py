@@ -1,0 +1,74 @@
+"""`create_app()`: the WeChat Pay simulator as an aiohttp application. No I/O here; the notifier's
+client session and background loop live in a cleanup context."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable
+
+import aiohttp
+from aiohttp import web
+
+from payflow.clock import Clock, SystemClock
+from payflow.devkeys import KeySet
+from simulator.faults import FaultDice, WechatFaults
+from simulator.wechat import api, control
+from simulator.wechat.appkeys import BILLS, CLOCK, FAULTS, KEYS, LEDGER, NOTIFIER
+from simulator.wechat.bills import BillFiles
+from simulator.wechat.ledger import Ledger
+from simulator.wechat.notifier import Notifier
+
+STOP_GRACE = 5.0
+MAX_BODY_BYTES = 64 * 1024
+
+
+def create_app(
+    keys: KeySet,
+    *,
+    faults: WechatFaults | None = None,
+    time_factor: float = 1.0,
+    seed: int = 0,
+    clock: Clock | None = None,
+    notify: bool = True,
+) -> web.Application:
+    """The simulator for `keys`' merchant. `time_factor` divides notification retry intervals and
+    delays; with `notify=False` notifications queue up until someone calls `app[NOTIFIER].deliver_due`."""
+    if time_factor <= 0:
+        raise ValueError("time_factor must be positive")
+    app = web.Application(middlewares=[api.api_middleware, control.control_middleware],
+                          client_max_size=MAX_BODY_BYTES)
+    app[KEYS] = keys
+    app[CLOCK] = clock if clock is not None else SystemClock()
+    app[LEDGER] = Ledger(keys.mchid, keys.appid)
+    app[FAULTS] = FaultDice(faults, seed)
+    app[BILLS] = BillFiles()
+    app.cleanup_ctx.append(_notifier_ctx(time_factor=time_factor, notify=notify))
+    api.setup(app)
+    control.setup(app)
+    return app
+
+
+def _notifier_ctx(*, time_factor: float, notify: bool) -> Callable[[web.Application], AsyncIterator[None]]:
+    async def notifier_ctx(app: web.Application) -> AsyncIterator[None]:
+        session = aiohttp.ClientSession()
+        notifier = Notifier(app[KEYS], session, app[FAULTS], time_factor=time_factor)
+        app[NOTIFIER] = notifier
+        stop = asyncio.Event()
+        loop = None
+        if notify:
+            loop = asyncio.create_task(notifier.run(app[CLOCK], stop), name="wechat-sim:notifier")
+        try:
+            yield
+        finally:
+            # Stop the loop first so it starts nothing new, then unwind sends in flight, then the session.
+            stop.set()
+            if loop is not None:
+                # wait_for cancels the loop if it overstays the grace period.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(loop, STOP_GRACE)
+            await notifier.aclose()
+            await session.close()
+
+    return notifier_ctx
+

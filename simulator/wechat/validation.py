@@ -1,0 +1,169 @@
+"""Field rules of the simulated API's request bodies and query strings (WECHATPAY_V3.md §3.1, §4, §5, §8)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+import json
+import re
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import urlsplit
+
+from payflow.devkeys import KeySet
+from simulator.wechat.ledger import JsapiRequest
+from simulator.wechat.protocol import ApiError, param_error
+
+_OUT_TRADE_NO = re.compile(r"[0-9A-Za-z_\-|*]{6,32}")
+_BILL_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
+BILL_TYPES = ("ALL", "SUCCESS", "REFUND")
+_LOOPBACK_NAMES = ("localhost",)
+
+
+def json_object(body: bytes) -> dict[str, Any]:
+    try:
+        data = json.loads(body.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        raise param_error("/", "请求体不是合法的JSON") from None
+    if not isinstance(data, dict):
+        raise param_error("/", "请求体必须是JSON对象")
+    _reject_nulls(data, "")
+    return data
+
+
+def jsapi(body: bytes, keys: KeySet) -> JsapiRequest:
+    """Validate a place-order body; the first broken rule becomes the error, naming its field."""
+    data = json_object(body)
+    appid = _string(data, "appid", 32)
+    mchid = _string(data, "mchid", 32)
+    _same_mchid(mchid, keys, "/mchid", "body")
+    if appid != keys.appid:
+        raise ApiError(400, "APPID_MCHID_NOT_MATCH", "AppID和mch_id不匹配", field="/appid", value=appid)
+    description = _string(data, "description", 127)
+    out_trade_no = _string(data, "out_trade_no", 32)
+    if not _OUT_TRADE_NO.fullmatch(out_trade_no):
+        raise param_error("/out_trade_no", "out_trade_no必须为6-32位数字、大小写字母、_-|*", out_trade_no)
+    notify_url = _notify_url(_string(data, "notify_url", 255))
+    attach = _string(data, "attach", 128, required=False)
+    time_expire = _time(data.get("time_expire"), "/time_expire") if "time_expire" in data else None
+    _string(data, "goods_tag", 32, required=False)
+    if "support_fapiao" in data and not isinstance(data["support_fapiao"], bool):
+        raise param_error("/support_fapiao", "support_fapiao必须为布尔值", data["support_fapiao"])
+    for name in ("detail", "scene_info", "settle_info"):
+        if name in data and not isinstance(data[name], dict):
+            raise param_error(f"/{name}", f"{name}必须为对象", data[name])
+    amount = _object(data, "amount")
+    total = amount.get("total")
+    if isinstance(total, bool) or not isinstance(total, int) or total < 1:
+        raise param_error("/amount/total", "amount.total必须为不小于1的整数（单位：分）", total)
+    if "currency" in amount and amount["currency"] != "CNY":
+        raise param_error("/amount/currency", "amount.currency只能为CNY", amount["currency"])
+    openid = _string(_object(data, "payer"), "openid", 128, prefix="/payer")
+    return JsapiRequest(
+        appid=appid, mchid=mchid, description=description, out_trade_no=out_trade_no,
+        notify_url=notify_url, total=total, openid=openid, params=data, time_expire=time_expire,
+        attach=attach,
+    )
+
+
+def query_mchid(query: Mapping[str, str], keys: KeySet) -> None:
+    mchid = query.get("mchid")
+    if not mchid:
+        raise param_error("mchid", "mchid 为必填项", None, "query_string")
+    _same_mchid(mchid, keys, "mchid", "query_string")
+
+
+def body_mchid(body: bytes, keys: KeySet) -> None:
+    _same_mchid(_string(json_object(body), "mchid", 32), keys, "/mchid", "body")
+
+
+def _same_mchid(mchid: str, keys: KeySet, field: str, location: str) -> None:
+    # The Authorization mchid was already checked against the merchant; the request must agree with it.
+    if mchid != keys.mchid:
+        raise ApiError(400, "INVALID_REQUEST", "mchid与请求签名中的商户号不一致", field=field, value=mchid,
+                       location=location)
+
+
+def bill_request(query: Mapping[str, str], today: dt.date) -> tuple[dt.date, str, bool]:
+    """(bill_date, bill_type, gzip) of a trade-bill application."""
+    raw = query.get("bill_date", "")
+    try:
+        if not _BILL_DATE.fullmatch(raw):
+            raise ValueError(raw)
+        day = dt.date.fromisoformat(raw)
+    except ValueError:
+        raise param_error("bill_date", "bill_date格式应为yyyy-MM-DD", raw or None, "query_string") from None
+    bill_type = query.get("bill_type", "ALL")
+    if bill_type not in BILL_TYPES:
+        raise param_error("bill_type", f"bill_type must be one of {', '.join(BILL_TYPES)}", bill_type,
+                          "query_string")
+    tar_type = query.get("tar_type")
+    if tar_type not in (None, "GZIP"):
+        raise param_error("tar_type", "tar_type只能为GZIP或不填", tar_type, "query_string")
+    if day > today:
+        raise ApiError(400, "NO_STATEMENT_EXIST", f"{raw}的账单尚未生成")
+    return day, bill_type, tar_type == "GZIP"
+
+
+def _reject_nulls(value: Any, pointer: str) -> None:
+    # §1.4: null is not a value in APIv3 bodies; omit the field instead.
+    if value is None:
+        raise param_error(pointer or "/", f"{pointer or '/'} 不允许为null")
+    if isinstance(value, dict):
+        for key, item in value.items():
+            _reject_nulls(item, f"{pointer}/{key}")
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            _reject_nulls(item, f"{pointer}/{index}")
+
+
+def _string(
+    data: Mapping[str, Any], name: str, limit: int, *, required: bool = True, prefix: str = ""
+) -> Any:
+    field = f"{prefix}/{name}"
+    if name not in data:
+        if required:
+            raise param_error(field, f"输入源“{field}”映射到字段“{name}”必填性规则校验失败，此字段为必填项")
+        return None
+    value = data[name]
+    if not isinstance(value, str) or not value:
+        raise param_error(field, f"{name}必须为非空字符串", value)
+    if len(value) > limit:
+        raise param_error(field, f"{name}长度不能超过{limit}个字符", value)
+    return value
+
+
+def _object(data: Mapping[str, Any], name: str) -> Mapping[str, Any]:
+    value = data.get(name)
+    if not isinstance(value, dict):
+        raise param_error(f"/{name}", f"{name}为必填对象", value)
+    return value
+
+
+def _time(value: Any, field: str) -> dt.datetime:
+    try:
+        if not isinstance(value, str) or "T" not in value:
+            raise ValueError(value)
+        moment = dt.datetime.fromisoformat(value)
+    except ValueError:
+        raise param_error(field, f"{field}必须为RFC 3339时间，如2018-06-08T10:34:56+08:00", value) from None
+    if moment.tzinfo is None:
+        raise param_error(field, f"{field}必须带时区偏移", value)
+    return moment
+
+
+def _notify_url(url: str) -> str:
+    parts = urlsplit(url)
+    loopback = parts.hostname in _LOOPBACK_NAMES or _is_loopback_ip(parts.hostname)
+    if parts.scheme != "https" and not (parts.scheme == "http" and loopback):
+        raise param_error("/notify_url", "notify_url必须为https地址（http仅限本机回环地址）", url)
+    if not parts.hostname or parts.query or parts.fragment:
+        raise param_error("/notify_url", "notify_url必须为完整地址，且不能携带参数", url)
+    return url
+
+
+def _is_loopback_ip(host: str | None) -> bool:
+    try:
+        return host is not None and ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

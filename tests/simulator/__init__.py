@@ -1,0 +1,1 @@
+"""Simulator tests: WeChat Pay and business backend stand-ins, in-process."""
