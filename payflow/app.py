@@ -11,6 +11,7 @@ from payflow.backend import BackendClient
 from payflow.clock import Clock
 from payflow.http import keys, middlewares, routes
 from payflow.ratelimit import RateLimiter
+from payflow.reconcile import DailySchedule, Reconciler
 from payflow.service import PaymentService
 from payflow.settings import Settings
 from payflow.store import PaymentStore, open_store
@@ -108,6 +109,23 @@ def create_app(
                 task.cancel()
                 await asyncio.wait({task})
 
-    app.cleanup_ctx.extend([store_ctx, wechat_ctx, backend_ctx, service_ctx, sweeper_ctx])
+    async def reconcile_ctx(app: web.Application) -> AsyncIterator[None]:
+        client = app[keys.WECHAT]
+        if settings.reconcile_at is None or not run_sweeper or not isinstance(client, WechatPayClient):
+            yield
+            return
+        stop = asyncio.Event()
+        schedule = DailySchedule(Reconciler(app[keys.SERVICE], client), settings.reconcile_at)
+        task = asyncio.get_running_loop().create_task(schedule.run(stop), name="reconcile-schedule")
+        try:
+            yield
+        finally:
+            stop.set()
+            done, _ = await asyncio.wait({task}, timeout=settings.wechat_timeout + 1)
+            if not done:
+                task.cancel()
+                await asyncio.wait({task})
+
+    app.cleanup_ctx.extend([store_ctx, wechat_ctx, backend_ctx, service_ctx, sweeper_ctx, reconcile_ctx])
     routes.setup(app)
     return app

@@ -89,3 +89,34 @@ class Notification:
 
 def _iso(value: dt.datetime | None) -> str | None:
     return value.isoformat() if value is not None else None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Discrepancy:
+    """One reconciliation finding; unique per (bill_date, out_trade_no, category)."""
+
+    bill_date: dt.date
+    out_trade_no: str
+    category: str  # AMOUNT_MISMATCH, PLATFORM_MISS, BANK_MISS, PAID_AFTER_CLOSE, REFUND
+    detail: dict[str, Any]
+    found_at: dt.datetime
+
+    def view(self) -> dict[str, Any]:
+        return {"bill_date": self.bill_date.isoformat(), "out_trade_no": self.out_trade_no,
+                "category": self.category, "detail": self.detail, "found_at": _iso(self.found_at)}
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ReconciliationRun:
+    id: int
+    bill_date: dt.date
+    started_at: dt.datetime
+    finished_at: dt.datetime | None
+    status: str  # running, clean, discrepancies, failed
+    counts: dict[str, int]
+    error: str | None = None
+
+    def view(self) -> dict[str, Any]:
+        return {"id": self.id, "bill_date": self.bill_date.isoformat(), "started_at": _iso(self.started_at),
+                "finished_at": _iso(self.finished_at), "status": self.status, "counts": self.counts,
+                "error": self.error}

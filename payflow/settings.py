@@ -91,11 +91,12 @@ class Settings:
     wechat_timeout: float = 10.0
     wechat_rate: float = 50.0  # WeChat calls per second, all endpoints together
     jitter: float = 0.1  # ± fraction applied to every backoff step
+    reconcile_at: dt.time | None = dt.time(10, 30)  # Asia/Shanghai; yesterday's bill; None: no daily run
+    read_query_interval: float = 2.0  # query on read: at most once per payment per this long; 0 disables
     # Not in the environment; tests and benchmarks override them directly.
     max_body_bytes: int = 64 * 1024
     sweep_batch: int = 100
     sweep_concurrency: int = 8
-    read_query_interval: float = 2.0  # query-on-read: at most once per payment per this many seconds
 
     @property
     def payment_ttl_delta(self) -> dt.timedelta:
@@ -143,12 +144,16 @@ class Settings:
             values["payment_ttl"] = seconds
         if (interval := get("PAYFLOW_SWEEP_INTERVAL")) is not None:
             values["sweep_interval"] = parse_duration(interval, name="PAYFLOW_SWEEP_INTERVAL")
+        if (read := get("PAYFLOW_QUERY_ON_READ")) is not None:
+            values["read_query_interval"] = parse_duration(read, name="PAYFLOW_QUERY_ON_READ")
         for env_name, field in EXTRA_DURATIONS.items():
             if (text := get(env_name)) is not None:
                 seconds = parse_duration(text, name=env_name)
                 if seconds <= 0:
                     raise errors.SettingsError(f"{env_name}: must be longer than 0")
                 values[field] = seconds
+        if (at := get("PAYFLOW_RECONCILE_AT")) is not None:
+            values["reconcile_at"] = _parse_time_of_day(at)
         if (rate := get("PAYFLOW_WECHAT_RATE")) is not None:
             try:
                 values["wechat_rate"] = float(rate)
@@ -177,6 +182,15 @@ class Settings:
         """Every variable `serve` needs that is unset, in contract order."""
         fields = {f"PAYFLOW_{f.name.upper()}": f.name for f in dataclasses.fields(self)}
         return [name for name in REQUIRED_FOR_SERVE if getattr(self, fields[name]) is None]
+
+
+def _parse_time_of_day(text: str) -> dt.time | None:
+    if text.strip().lower() == "off":
+        return None
+    try:
+        return dt.time.fromisoformat(text.strip())
+    except ValueError:
+        raise errors.SettingsError(f"PAYFLOW_RECONCILE_AT: {text!r} is not a time like 10:30 (or off)") from None
 
 
 def _parse_port(text: str) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import re
 from typing import Any
@@ -37,6 +38,15 @@ async def read_json_object(request: web.Request) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise BadJson("the body must be a JSON object")
     return body
+
+
+def date_param(value: str | None) -> dt.date:
+    if not value:
+        raise errors.InvalidRequest("date is required (YYYY-MM-DD)", field="date")
+    try:
+        return dt.date.fromisoformat(value)
+    except ValueError:
+        raise errors.InvalidRequest(f"date {value!r} is not YYYY-MM-DD", field="date") from None
 
 
 def out_trade_no(value: str) -> str:

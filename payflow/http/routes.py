@@ -36,6 +36,15 @@ async def payment_events(request: web.Request) -> web.Response:
     return web.json_response({"out_trade_no": out_trade_no, "events": [e.view() for e in events]})
 
 
+@requires("admin")
+async def discrepancies(request: web.Request) -> web.Response:
+    day = payloads.date_param(request.query.get("date"))
+    store = request.app[keys.STORE]
+    runs, found = await store.reconciliation_runs(day), await store.discrepancies(day)
+    return web.json_response({"date": day.isoformat(), "runs": [r.view() for r in runs],
+                              "discrepancies": [d.view() for d in found]})
+
+
 async def wechat_notify(request: web.Request) -> web.Response:
     # Authenticated by WeChat's signature over the raw body, verified in the service.
     await request.app[keys.SERVICE].handle_notification(request.headers, await request.read())
@@ -56,6 +65,7 @@ def setup(app: web.Application) -> None:
     app.router.add_get("/v1/payments/{out_trade_no}", get_payment)
     app.router.add_post("/v1/payments/{out_trade_no}/close", close_payment)
     app.router.add_get("/v1/payments/{out_trade_no}/events", payment_events)
+    app.router.add_get("/v1/admin/discrepancies", discrepancies)
     app.router.add_post("/v1/wechat/notify", wechat_notify)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)

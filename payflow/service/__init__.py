@@ -9,10 +9,11 @@ from payflow.service.core import SHANGHAI, ServiceCore
 from payflow.service.forwarding import Forwarding
 from payflow.service.paid import Paid
 from payflow.service.placement import Created, NewPayment, Placement
+from payflow.service.reviewing import Reviewing
 from payflow.service.sweeping import Sweeping
 
 __all__ = ["SHANGHAI", "Created", "NewPayment", "PaymentService", "ServiceCore"]
 
 
-class PaymentService(Placement, Paid, Forwarding, Sweeping):
+class PaymentService(Placement, Paid, Forwarding, Sweeping, Reviewing):
     """create → place → (notification | query | bill) → forward → sync; sweeps re-drive every step."""

@@ -122,7 +122,7 @@ class Paid(ServiceCore):
         failure is not the reader's problem: they get the stored state.
         """
         payment = await self.get_payment(out_trade_no)
-        if payment.state is not State.PREPAID or self.wechat is None:
+        if payment.state is not State.PREPAID or self.wechat is None or self.settings.read_query_interval <= 0:
             return payment
         now = self.now()
         entry = self._read_queries.get(out_trade_no)

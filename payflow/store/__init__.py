@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import abc
 import datetime as dt
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from payflow import errors, models
@@ -74,6 +74,14 @@ class PaymentStore(abc.ABC):
         """
 
     @abc.abstractmethod
+    async def list_payments(self, *, state: State | None = None, after: str | None = None,
+                            limit: int = 100) -> list[models.Payment]:
+        """Payments ordered by out_trade_no, those after `after` (a keyset cursor), optionally in one state."""
+
+    @abc.abstractmethod
+    async def count_by_state(self) -> dict[State, int]: ...
+
+    @abc.abstractmethod
     async def events(self, out_trade_no: str) -> list[models.Event]:
         """The timeline of one payment, oldest first."""
 
@@ -83,6 +91,39 @@ class PaymentStore(abc.ABC):
 
     @abc.abstractmethod
     async def get_notification(self, notification_id: str) -> models.Notification | None: ...
+
+    # --- reconciliation -----------------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def start_reconciliation(self, bill_date: dt.date, at: dt.datetime) -> int:
+        """Record a run as `running`; returns its id."""
+
+    @abc.abstractmethod
+    async def finish_reconciliation(self, run_id: int, *, status: str, counts: Mapping[str, int],
+                                    at: dt.datetime, error: str | None = None) -> None: ...
+
+    @abc.abstractmethod
+    async def reconciliation_runs(self, bill_date: dt.date) -> list[models.ReconciliationRun]:
+        """Runs for one bill date, oldest first."""
+
+    @abc.abstractmethod
+    async def add_discrepancy(self, discrepancy: models.Discrepancy) -> bool:
+        """Record a finding; False when the same (date, out_trade_no, category) was already recorded."""
+
+    @abc.abstractmethod
+    async def discrepancies(self, bill_date: dt.date) -> list[models.Discrepancy]: ...
+
+    @abc.abstractmethod
+    async def mark_billed(self, bill_date: dt.date, out_trade_nos: Iterable[str]) -> None:
+        """Remember that these payments appeared as SUCCESS in the bill of `bill_date`."""
+
+    @abc.abstractmethod
+    async def billed(self, out_trade_nos: Iterable[str]) -> set[str]:
+        """Which of these appeared as SUCCESS in any bill reconciled so far."""
+
+    @abc.abstractmethod
+    async def paid_between(self, start: dt.datetime, end: dt.datetime) -> list[models.Payment]:
+        """Payments whose WeChat success time lies in [start, end), whatever their state now."""
 
     @abc.abstractmethod
     async def ping(self) -> None:

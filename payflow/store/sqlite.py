@@ -11,7 +11,7 @@ import datetime as dt
 import json
 import secrets
 import sqlite3
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -76,6 +76,38 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         )
         """,
         "CREATE INDEX notifications_by_payment ON notifications (out_trade_no)",
+    ),
+    (
+        """
+        CREATE TABLE reconciliation_runs (
+            id          INTEGER PRIMARY KEY AUTOINCREMENT,
+            bill_date   TEXT NOT NULL,
+            started_at  TEXT NOT NULL,
+            finished_at TEXT,
+            status      TEXT NOT NULL,
+            counts      TEXT NOT NULL,
+            error       TEXT
+        )
+        """,
+        "CREATE INDEX reconciliation_runs_by_date ON reconciliation_runs (bill_date, id)",
+        """
+        CREATE TABLE discrepancies (
+            bill_date    TEXT NOT NULL,
+            out_trade_no TEXT NOT NULL,
+            category     TEXT NOT NULL,
+            detail       TEXT NOT NULL,
+            found_at     TEXT NOT NULL,
+            PRIMARY KEY (bill_date, out_trade_no, category)
+        )
+        """,
+        """
+        CREATE TABLE billed (
+            out_trade_no TEXT PRIMARY KEY,
+            bill_date    TEXT NOT NULL
+        )
+        """,
+        # BANK_MISS looks for payments paid on one day; only paid payments have paid_at.
+        "CREATE INDEX payments_paid_at ON payments (paid_at) WHERE paid_at IS NOT NULL",
     ),
 )
 
@@ -323,6 +355,73 @@ class SqliteStore(PaymentStore):
         async with self._transaction() as db:
             return await _insert_notification(db, notification)
 
+    # --- reconciliation -----------------------------------------------------------------------
+
+    async def start_reconciliation(self, bill_date: dt.date, at: dt.datetime) -> int:
+        async with self._transaction() as db:
+            cursor = await db.execute(
+                "INSERT INTO reconciliation_runs (bill_date, started_at, status, counts) "
+                "VALUES (?, ?, 'running', '{}')",
+                (bill_date.isoformat(), _ts(at)))
+            return int(cursor.lastrowid or 0)
+
+    async def finish_reconciliation(self, run_id: int, *, status: str, counts: Mapping[str, int],
+                                    at: dt.datetime, error: str | None = None) -> None:
+        async with self._transaction() as db:
+            await db.execute(
+                "UPDATE reconciliation_runs SET status = ?, counts = ?, finished_at = ?, error = ? WHERE id = ?",
+                (status, _json(counts), _ts(at), error, run_id))
+
+    async def reconciliation_runs(self, bill_date: dt.date) -> list[models.ReconciliationRun]:
+        rows = await self._fetchall("SELECT * FROM reconciliation_runs WHERE bill_date = ? ORDER BY id",
+                                    (bill_date.isoformat(),))
+        return [models.ReconciliationRun(
+            id=row["id"], bill_date=dt.date.fromisoformat(row["bill_date"]),
+            started_at=_dt(row["started_at"]),  # type: ignore[arg-type]
+            finished_at=_dt(row["finished_at"]), status=row["status"], counts=json.loads(row["counts"]),
+            error=row["error"]) for row in rows]
+
+    async def add_discrepancy(self, discrepancy: models.Discrepancy) -> bool:
+        async with self._transaction() as db:
+            cursor = await db.execute(
+                "INSERT INTO discrepancies (bill_date, out_trade_no, category, detail, found_at) "
+                "VALUES (?, ?, ?, ?, ?) "
+                "ON CONFLICT (bill_date, out_trade_no, category) DO NOTHING",
+                (discrepancy.bill_date.isoformat(), discrepancy.out_trade_no, discrepancy.category,
+                 _json(discrepancy.detail), _ts(discrepancy.found_at)))
+            return cursor.rowcount == 1
+
+    async def discrepancies(self, bill_date: dt.date) -> list[models.Discrepancy]:
+        rows = await self._fetchall(
+            "SELECT * FROM discrepancies WHERE bill_date = ? ORDER BY category, out_trade_no", (bill_date.isoformat(),))
+        return [models.Discrepancy(
+            bill_date=dt.date.fromisoformat(row["bill_date"]), out_trade_no=row["out_trade_no"],
+            category=row["category"], detail=json.loads(row["detail"]),
+            found_at=_dt(row["found_at"])) for row in rows]  # type: ignore[arg-type]
+
+    async def mark_billed(self, bill_date: dt.date, out_trade_nos: Iterable[str]) -> None:
+        async with self._transaction() as db:
+            await db.executemany(
+                "INSERT INTO billed (out_trade_no, bill_date) VALUES (?, ?) ON CONFLICT (out_trade_no) DO NOTHING",
+                [(no, bill_date.isoformat()) for no in out_trade_nos])
+
+    async def billed(self, out_trade_nos: Iterable[str]) -> set[str]:
+        wanted = list(out_trade_nos)
+        found: set[str] = set()
+        for start in range(0, len(wanted), 500):  # stay under SQLite's bound-parameter limit
+            chunk = wanted[start:start + 500]
+            rows = await self._fetchall(
+                f"SELECT out_trade_no FROM billed WHERE out_trade_no IN ({', '.join('?' * len(chunk))})",
+                tuple(chunk))
+            found.update(row[0] for row in rows)
+        return found
+
+    async def paid_between(self, start: dt.datetime, end: dt.datetime) -> list[models.Payment]:
+        rows = await self._fetchall(
+            f"SELECT {_PAYMENT_COLUMNS} FROM payments WHERE paid_at IS NOT NULL AND paid_at >= ? AND paid_at < ? "
+            "ORDER BY paid_at", (_ts(start), _ts(end)))
+        return [_payment(row) for row in rows]
+
     # --- reads --------------------------------------------------------------------------------
 
     async def _fetchall(self, sql: str, params: tuple[Any, ...]) -> list[sqlite3.Row]:
@@ -340,6 +439,21 @@ class SqliteStore(PaymentStore):
     async def get_by_order_id(self, order_id: str) -> models.Payment | None:
         rows = await self._fetchall(f"SELECT {_PAYMENT_COLUMNS} FROM payments WHERE order_id = ?", (order_id,))
         return _payment(rows[0]) if rows else None
+
+    async def list_payments(self, *, state: State | None = None, after: str | None = None,
+                            limit: int = 100) -> list[models.Payment]:
+        clauses, params = ["out_trade_no > ?"], [after or ""]
+        if state is not None:
+            clauses.append("state = ?")
+            params.append(State(state).value)
+        rows = await self._fetchall(
+            f"SELECT {_PAYMENT_COLUMNS} FROM payments WHERE {' AND '.join(clauses)} ORDER BY out_trade_no LIMIT ?",
+            (*params, limit))
+        return [_payment(row) for row in rows]
+
+    async def count_by_state(self) -> dict[State, int]:
+        rows = await self._fetchall("SELECT state, count(*) FROM payments GROUP BY state", ())
+        return {State(row[0]): row[1] for row in rows}
 
     async def events(self, out_trade_no: str) -> list[models.Event]:
         rows = await self._fetchall("SELECT * FROM order_events WHERE out_trade_no = ? ORDER BY id",

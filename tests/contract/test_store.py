@@ -215,6 +215,18 @@ async def test_a_transition_can_hand_its_writer_a_lease(store: PaymentStore) -> 
     assert again.out_trade_no == payment.out_trade_no
 
 
+async def test_listing_pages_by_cursor_and_counts_by_state(store: PaymentStore) -> None:
+    for i in range(5):
+        await store.create(factories.payment(out_trade_no=f"LIST{i:06d}"), source=Source.API, detail={})
+    await _prepaid(store, out_trade_no="LIST999999")
+    first = await store.list_payments(limit=2)
+    assert [p.out_trade_no for p in first] == ["LIST000000", "LIST000001"]
+    rest = await store.list_payments(after=first[-1].out_trade_no, limit=10)
+    assert [p.out_trade_no for p in rest] == ["LIST000002", "LIST000003", "LIST000004", "LIST999999"]
+    assert [p.out_trade_no for p in await store.list_payments(state=State.PREPAID)] == ["LIST999999"]
+    assert await store.count_by_state() == {State.CREATED: 5, State.PREPAID: 1}
+
+
 async def test_notifications_are_deduplicated(store: PaymentStore) -> None:
     note = models.Notification(notification_id="EV-1", received_at=T0, event_type="TRANSACTION.SUCCESS",
                                out_trade_no=None, outcome="unknown_payment", resource={"out_trade_no": "x"})
