@@ -24,6 +24,15 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--dev", action="store_true",
                        help="development mode: keys in ./.payflow-dev/, both simulators in-process on loopback")
 
+    reconcile = commands.add_parser("reconcile", help="reconcile one day's WeChat trade bill against the store")
+    reconcile.add_argument("--date", required=True, metavar="YYYY-MM-DD", help="the bill date (Asia/Shanghai)")
+    reconcile.add_argument("--json", action="store_true", help="print the report as JSON")
+
+    from simulator.chaos import cli as chaos
+
+    chaos.add_arguments(commands.add_parser(
+        "simulate-chaos", help="the whole topology with faults and crashes; checks the invariants"))
+
     wechat_sim.add_arguments(commands.add_parser("wechat-sim", help="run the WeChat Pay simulator alone"))
     backend_sim.add_arguments(commands.add_parser("backend-sim", help="run the business backend simulator alone"))
     return parser
@@ -49,6 +58,14 @@ def main(argv: list[str] | None = None) -> int:
         from payflow import server
 
         return server.run_serve(os.environ, host=args.host, port=args.port)
+    if args.command == "reconcile":
+        from payflow import commands as payflow_commands
+
+        return payflow_commands.reconcile(os.environ, args.date, as_json=args.json)
+    if args.command == "simulate-chaos":
+        from simulator.chaos import cli as chaos
+
+        return chaos.main(args)
     if args.command == "wechat-sim":
         from simulator.wechat import server as wechat_sim
 

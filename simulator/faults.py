@@ -4,6 +4,7 @@ and `FaultDice` (the seeded random streams that decide when it does)."""
 from __future__ import annotations
 
 import argparse
+import collections
 import dataclasses
 import json
 import math
@@ -146,6 +147,8 @@ class FaultDice:
         self.seed = seed
         self._api = random.Random(f"wechat-api:{seed}")
         self._notify = random.Random(f"wechat-notify:{seed}")
+        # What was actually injected, for reports: api_500, api_500_applied, api_429, never_deliver, reorder.
+        self.injected: collections.Counter[str] = collections.Counter()
 
     def api(self) -> ApiFault:
         plan, rng = self.plan, self._api
@@ -157,12 +160,15 @@ class FaultDice:
         elif kind_roll < plan.api_500 + plan.api_429:
             kind = "frequency_limited"
         applied = kind == "system_error" and applied_roll < plan.api_500_applied
+        if kind != "none":
+            self.injected["api_500_applied" if applied else ("api_500" if kind == "system_error" else "api_429")] += 1
         return ApiFault(kind=kind, applied=applied, latency=latency)
 
     def queued(self) -> QueueFaults:
         plan, rng = self.plan, self._notify
         never, reorder = rng.random() < plan.never_deliver, rng.random() < plan.reorder
         delay = rng.uniform(plan.delay_min, plan.delay_max)
+        self.injected.update(k for k, hit in (("never_deliver", never), ("reorder", reorder)) if hit)
         return QueueFaults(never_deliver=never, reorder=reorder, delay=delay)
 
     def send(self, *, first: bool) -> SendFaults:

@@ -1,0 +1,290 @@
+"""Runs one chaos scenario: both simulators in-process, payflow as a separate process, payers,
+faults and SIGKILLs; then converges, reconciles and checks the invariants from the ledgers."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import datetime as dt
+import json
+import pathlib
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+from aiohttp.test_utils import unused_port
+
+from payflow import devkeys, logs
+from payflow.states import State
+from payflow.store import PaymentStore, open_store
+from simulator import backend as backend_sim
+from simulator.backend_faults import BackendFaults
+from simulator.chaos import checks, scenario
+from simulator.chaos.process import ROOT, PayflowProcess, base_env
+from simulator.faults import WechatFaults
+from simulator.wechat.app import create_app as create_wechat_sim
+from simulator.wechat.appkeys import LEDGER
+
+log = logs.get_logger(__name__)
+
+SHANGHAI = dt.timezone(dt.timedelta(hours=8))
+UNSETTLED = (State.CREATED, State.PREPAID, State.NOTIFIED)
+
+# payflow's schedules compressed so that the default run takes about a minute and a half.
+TUNING = {
+    "PAYFLOW_QUERY_SCHEDULE": "1s,2s,3s,5s",
+    "PAYFLOW_FORWARD_SCHEDULE": "200ms,400ms,800ms,1s,2s,2s,3s,3s,5s,5s,5s,5s,5s,5s,5s",
+    "PAYFLOW_SWEEP_INTERVAL": "200ms",
+    "PAYFLOW_LEASE": "2s",
+    "PAYFLOW_CREATED_GRACE": "1s",
+    "PAYFLOW_PLACEMENT_GRACE": "10s",
+    "PAYFLOW_BACKEND_TIMEOUT": "1s",
+    "PAYFLOW_WECHAT_TIMEOUT": "2s",
+    "PAYFLOW_RECONCILE_AT": "off",
+    "PAYFLOW_LOG_FORMAT": "json",
+}
+# The seed's design, by configuration: forward once when the notification comes, nothing re-drives it.
+NAIVE = {"PAYFLOW_SWEEP_INTERVAL": "0", "PAYFLOW_QUERY_ON_READ": "0"}
+
+
+@dataclasses.dataclass
+class Options:
+    orders: int = 300
+    seed: int = 1
+    strategy: str = "payflow"  # or "naive"
+    crashes: int = 2
+    ttl: float = 60.0
+    time_factor: float = 60.0
+    wechat: WechatFaults = dataclasses.field(default_factory=WechatFaults)
+    backend: BackendFaults = dataclasses.field(default_factory=BackendFaults)
+    settle_timeout: float = 90.0
+    progress: bool = True
+
+
+@dataclasses.dataclass
+class Outcome:
+    options: Options
+    invariants: list[checks.Invariant]
+    summary: dict[str, Any]
+    rows: list[dict[str, Any]]
+    timeline: list[dict[str, Any]]
+    latencies: list[float]
+
+    @property
+    def ok(self) -> bool:
+        return all(i.holds for i in self.invariants)
+
+
+class Run:
+    def __init__(self, options: Options, workdir: pathlib.Path) -> None:
+        self.options = options
+        self.workdir = workdir
+        self.plan = scenario.build(options.seed, options.orders, ttl=options.ttl, crashes=options.crashes)
+        self.acknowledged: dict[str, str] = {}
+        self.paid_at_wechat: dict[str, float] = {}
+        self.pay_refused: dict[str, str] = {}
+        self.creation_failed: list[str] = []
+        self.timeline: list[dict[str, Any]] = []
+        self.started = 0.0
+        self.done_payers = 0
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.started
+
+    async def execute(self) -> Outcome:
+        options = self.options
+        keys = devkeys.write_keyset(self.workdir / "keys")
+        wechat_app = create_wechat_sim(keys, faults=options.wechat, time_factor=options.time_factor,
+                                       seed=options.seed)
+        backend_app = backend_sim.create_app(keys.backend_secret, faults=options.backend, seed=options.seed)
+        runners = []
+        async with contextlib.AsyncExitStack() as stack:
+            urls = []
+            for app in (wechat_app, backend_app):
+                runner = web.AppRunner(app, access_log=None, handle_signals=False)
+                await runner.setup()
+                stack.push_async_callback(runner.cleanup)
+                await web.TCPSite(runner, "127.0.0.1", 0).start()
+                host, port = runner.addresses[0][:2]
+                urls.append(f"http://{host}:{port}")
+                runners.append(runner)
+            port = unused_port()
+            self.payflow_url = f"http://127.0.0.1:{port}"
+            env = base_env()
+            env.update(devkeys.env_lines(keys, payflow_url=self.payflow_url, wechat_url=urls[0],
+                                         backend_url=urls[1] + devkeys.BACKEND_SIM_PATH))
+            env.update(TUNING, PAYFLOW_PORT=str(port), PAYFLOW_PAYMENT_TTL=f"{int(options.ttl)}s",
+                       PAYFLOW_DATABASE_URL=f"sqlite:///{self.workdir / 'payflow.db'}",
+                       PAYFLOW_API_TOKEN="chaos-api", PAYFLOW_ADMIN_TOKEN="chaos-admin")
+            if options.strategy == "naive":
+                env.update(NAIVE)
+            self.env = env
+            self.wechat_url = urls[0]
+            self.wechat_app, self.backend_app = wechat_app, backend_app
+            self.payflow = PayflowProcess(env, self.workdir / "payflow.log")
+            await self.payflow.start()
+            stack.push_async_callback(self.payflow.kill)
+            self.store = await open_store(env["PAYFLOW_DATABASE_URL"])
+            stack.push_async_callback(self.store.close)
+            self.http = await stack.enter_async_context(aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=10), headers={"Authorization": "Bearer chaos-api"}))
+            self.started = time.monotonic()
+            sampler = asyncio.create_task(self._sample(), name="chaos-sampler")
+            try:
+                await asyncio.gather(self._crasher(), *(self._payer(o) for o in self.plan.orders))
+                await self._settle()
+                if options.strategy != "naive":
+                    await self._reconcile()
+            finally:
+                sampler.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await sampler
+            exit_code = await self.payflow.stop()
+            return await self._outcome(exit_code)
+
+    # --- the payers ---------------------------------------------------------------------------
+
+    async def _at(self, moment: float) -> None:
+        await asyncio.sleep(max(0.0, moment - self.elapsed()))
+
+    async def _payer(self, order: scenario.Order) -> None:
+        try:
+            await self._at(order.create_at)
+            self.backend_app[backend_sim.LEDGER].register(order.order_id, order.amount)
+            view = await self._create(order)
+            if view is None:
+                self.creation_failed.append(order.order_id)
+                return
+            self.acknowledged[order.order_id] = view["out_trade_no"]
+            if order.fate == "cancelled":
+                self.backend_app[backend_sim.LEDGER].cancel(order.order_id)
+            if order.pay_after is None or not view.get("pay_params"):
+                return  # a payer without pay parameters cannot pay
+            await self._at(order.create_at + order.pay_after)
+            await self._pay(order, view["out_trade_no"])
+            for _ in range(order.polls):
+                await asyncio.sleep(0.5)
+                with contextlib.suppress(aiohttp.ClientError, TimeoutError):
+                    async with self.http.get(f"{self.payflow_url}/v1/payments/{view['out_trade_no']}") as response:
+                        await response.read()
+        finally:
+            self.done_payers += 1
+
+    async def _create(self, order: scenario.Order) -> dict[str, Any] | None:
+        body = {"order_id": order.order_id, "amount": order.amount, "description": f"chaos {order.order_id}",
+                "openid": f"o{order.order_id}"}
+        deadline = self.elapsed() + 30.0
+        while self.elapsed() < deadline:
+            try:
+                async with self.http.post(f"{self.payflow_url}/v1/payments", json=body) as response:
+                    if response.status in (200, 201, 502):
+                        return await response.json()  # type: ignore[no-any-return]
+            except (aiohttp.ClientError, TimeoutError):
+                pass  # payflow is down (killed) or the answer was lost: the same request again is safe
+            await asyncio.sleep(0.3)
+        return None
+
+    async def _pay(self, order: scenario.Order, out_trade_no: str) -> None:
+        body = {} if order.pay_amount == order.amount else {"amount": order.pay_amount}
+        async with self.http.post(f"{self.wechat_url}/sim/v1/transactions/{out_trade_no}/pay", json=body) as response:
+            if response.status == 200:
+                self.paid_at_wechat[order.order_id] = time.time()
+            else:
+                self.pay_refused[order.order_id] = (await response.json()).get("error", {}).get("code", "?")
+
+    # --- payflow's life -----------------------------------------------------------------------
+
+    async def _crasher(self) -> None:
+        for moment in self.plan.crashes:
+            await self._at(moment)
+            await self.payflow.kill()
+            await asyncio.sleep(0.5)
+            await self.payflow.start()
+
+    async def _sample(self) -> None:
+        last_print = 0.0
+        while True:
+            counts = {state.value: n for state, n in (await self.store.count_by_state()).items()}
+            self.timeline.append({"t": round(self.elapsed(), 2), **counts})
+            if self.options.progress and self.elapsed() - last_print >= 1.0:
+                last_print = self.elapsed()
+                line = (f"[{self.elapsed():6.1f}s] payers {self.done_payers}/{len(self.plan.orders)} · "
+                        f"paid at WeChat {len(self.paid_at_wechat)} · "
+                        + " ".join(f"{k} {v}" for k, v in sorted(counts.items()))
+                        + f" · crashes {self.payflow.kills}")
+                tty = sys.stderr.isatty()
+                print(f"\r{line:<120}" if tty else line, file=sys.stderr, end="" if tty else "\n", flush=True)
+            await asyncio.sleep(0.5)
+
+    async def _settle(self) -> None:
+        """Wait until nothing is left to re-drive (or the deadline: then the invariants will say why)."""
+        async with asyncio.timeout(self.options.settle_timeout):
+            while True:
+                counts = await self.store.count_by_state()
+                if not any(counts.get(s, 0) for s in UNSETTLED):
+                    return
+                if self.options.strategy == "naive":
+                    # nothing re-drives a naive payflow: give late events a moment, then stop waiting
+                    await asyncio.sleep(5.0)
+                    return
+                await asyncio.sleep(0.5)
+
+    async def _reconcile(self) -> None:
+        """Reconcile every day with payments (normally today, Asia/Shanghai), twice if forwards were pending."""
+        now = dt.datetime.now(SHANGHAI)
+        days = sorted({o.success_time.astimezone(SHANGHAI).date()
+                       for o in self.wechat_app[LEDGER].orders(now) if o.success_time is not None})
+        self.reconcile_runs: list[dict[str, Any]] = []
+        for _ in range(3):
+            for day in days:
+                process = await asyncio.create_subprocess_exec(
+                    sys.executable, str(ROOT / "run.py"), "reconcile", "--date", day.isoformat(), "--json",
+                    cwd=ROOT, env=self.env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL)
+                out, _ = await process.communicate()
+                report = json.loads(out) if out else {}
+                self.reconcile_runs.append({"date": day.isoformat(), "exit": process.returncode, **report})
+            with contextlib.suppress(TimeoutError):
+                await self._settle()
+            counts = await self.store.count_by_state()
+            if not counts.get(State.SYNCED):
+                return
+
+    # --- the verdict ---------------------------------------------------------------------------
+
+    async def _outcome(self, exit_code: int | None) -> Outcome:
+        from simulator.chaos import report
+
+        return await report.build(self, exit_code)
+
+
+async def simulate(options: Options, keep: pathlib.Path | None = None,
+                   on_workdir: Callable[[pathlib.Path], None] | None = None) -> Outcome:
+    with tempfile.TemporaryDirectory(prefix="payflow-chaos-") as tmp:
+        workdir = keep or pathlib.Path(tmp)
+        workdir.mkdir(parents=True, exist_ok=True)
+        if on_workdir:
+            on_workdir(workdir)
+        return await Run(options, workdir).execute()
+
+
+async def read_store(store: PaymentStore) -> dict[str, dict[str, Any]]:
+    payments: dict[str, dict[str, Any]] = {}
+    after = None
+    while batch := await store.list_payments(after=after, limit=500):
+        for payment in batch:
+            events = await store.events(payment.out_trade_no)
+            flags = [e for e in events if e.trigger == "flag"]
+            pays = [e for e in events if e.trigger == "pay"]
+            payments[payment.out_trade_no] = {
+                "order_id": payment.order_id, "amount": payment.amount, "state": payment.state.value,
+                "reason": flags[-1].detail.get("reason") if flags else None,
+                "pay_source": pays[-1].source if pays else None,
+                "transitions": len(events) - 1,
+            }
+        after = batch[-1].out_trade_no
+    return payments

@@ -1,0 +1,171 @@
+"""The chaos verdict: ledgers gathered, invariants checked, and the report as a table, JSON and a plot."""
+
+from __future__ import annotations
+
+import collections
+import datetime as dt
+import json
+import pathlib
+import statistics
+from typing import TYPE_CHECKING, Any
+
+from simulator import backend as backend_sim
+from simulator.chaos import checks
+from simulator.wechat.appkeys import FAULTS, LEDGER, NOTIFIER
+
+SHANGHAI = dt.timezone(dt.timedelta(hours=8))
+
+if TYPE_CHECKING:
+    from simulator.chaos.driver import Outcome, Run
+
+
+async def build(run: Run, exit_code: int | None) -> Outcome:
+    from simulator.chaos.driver import Outcome, read_store
+
+    now = dt.datetime.now(dt.UTC)
+    payflow = await read_store(run.store)
+    wechat_orders = run.wechat_app[LEDGER].orders(now)
+    wechat = {o.out_trade_no: {"trade_state": o.state.value, "amount": o.total, "paid_amount": o.paid_amount,
+                               "success_time": o.success_time} for o in wechat_orders}
+    backend = {o.order_id: {"status": o.status, "paid_amount": o.paid_amount, "out_trade_no": o.out_trade_no,
+                            "duplicates": o.duplicates, "events": o.paid_events_received,
+                            "first_paid_at": o.first_paid_at}
+               for o in run.backend_app[backend_sim.LEDGER].orders.values()}
+    days = sorted({t["success_time"].astimezone(SHANGHAI).date() for t in wechat.values()
+                   if t["success_time"] is not None})
+    discrepancies = [d.view() for day in days for d in await run.store.discrepancies(day)]
+    fates = {o.order_id: o.fate for o in run.plan.orders}
+    invariants = checks.check(checks.Ledgers(wechat, backend, payflow, discrepancies, run.acknowledged, fates))
+
+    latencies = []
+    for no, t in wechat.items():
+        order_id = payflow.get(no, {}).get("order_id")
+        paid = backend.get(order_id or "", {})
+        if t["success_time"] is not None and paid.get("first_paid_at") is not None:
+            latencies.append(max(0.0, (paid["first_paid_at"] - t["success_time"]).total_seconds()))
+    rows = []
+    by_order = {row["order_id"]: (no, row) for no, row in payflow.items()}
+    for order in run.plan.orders:
+        no, row = by_order.get(order.order_id, (run.acknowledged.get(order.order_id), {}))
+        t, b = wechat.get(no or "", {}), backend.get(order.order_id, {})
+        rows.append({
+            "order_id": order.order_id, "fate": order.fate, "amount": order.amount, "out_trade_no": no,
+            "payflow_state": row.get("state"), "payflow_reason": row.get("reason"),
+            "paid_via": row.get("pay_source"), "wechat_state": t.get("trade_state"),
+            "wechat_paid_amount": t.get("paid_amount"), "backend_status": b.get("status"),
+            "backend_paid_amount": b.get("paid_amount"), "backend_events": b.get("events"),
+            "backend_duplicates": b.get("duplicates"), "pay_refused": run.pay_refused.get(order.order_id),
+        })
+
+    notifier = collections.Counter[str]()
+    for n in run.wechat_app[NOTIFIER].notifications():
+        notifier.update(n.stats.to_json())
+    summary = {
+        "strategy": run.options.strategy, "seed": run.options.seed, "orders": len(run.plan.orders),
+        "wall_seconds": round(run.elapsed(), 1),
+        "scenario": dict(collections.Counter(fates.values())),
+        "payflow_states": dict(collections.Counter(r["state"] for r in payflow.values())),
+        "recovered_via": dict(collections.Counter(r["pay_source"] for r in payflow.values() if r["pay_source"])),
+        "paid_at_wechat": sum(1 for t in wechat.values() if t["trade_state"] in ("SUCCESS", "REFUND")),
+        "paid_at_backend": sum(1 for b in backend.values() if b["status"] == "paid"),
+        "paid_at_wechat_not_at_backend": len(invariants[0].failures),
+        "crashes": run.payflow.kills, "payflow_exit_on_sigterm": exit_code,
+        "faults": {"wechat_notifications": dict(notifier), "wechat": dict(run.wechat_app[FAULTS].injected),
+                   "backend": dict(run.backend_app[backend_sim.FAULTS].injected)},
+        "time_to_backend_seconds": _percentiles(latencies),
+        "creation_gave_up": len(run.creation_failed),
+        "payer_refused_at_wechat": dict(collections.Counter(run.pay_refused.values())),
+        "discrepancies": dict(collections.Counter(d["category"] for d in discrepancies)),
+        "invariants": {i.name: i.holds for i in invariants},
+    }
+    return Outcome(run.options, invariants, summary, rows, run.timeline, latencies)
+
+
+def _percentiles(values: list[float]) -> dict[str, float | None]:
+    if not values:
+        return {"p50": None, "p95": None, "p99": None, "max": None, "n": 0}
+    ordered = sorted(values)
+    cut = statistics.quantiles(ordered, n=100, method="inclusive") if len(ordered) > 1 else ordered * 99
+    return {"p50": round(cut[49], 3), "p95": round(cut[94], 3), "p99": round(cut[98], 3),
+            "max": round(ordered[-1], 3), "n": len(ordered)}
+
+
+def render(outcome: Outcome) -> str:
+    s = outcome.summary
+    t = s["time_to_backend_seconds"]
+    faults = s["faults"]
+    lines = [
+        f"simulate-chaos · strategy {s['strategy']} · seed {s['seed']} · {s['orders']} orders · "
+        f"{s['wall_seconds']} s · payflow SIGKILLed {s['crashes']}×",
+        "",
+        f"  scenario            {_kv(s['scenario'])}",
+        f"  payflow states      {_kv(s['payflow_states'])}",
+        f"  paid at WeChat      {s['paid_at_wechat']}   paid at the backend {s['paid_at_backend']}   "
+        f"paid at WeChat but not at the backend: {s['paid_at_wechat_not_at_backend']}",
+        f"  recovered via       {_kv(s['recovered_via'])}",
+        f"  notifications       {_kv(faults['wechat_notifications'])}",
+        f"  WeChat faults       {_kv(faults['wechat'])}",
+        f"  backend faults      {_kv(faults['backend'])}",
+        f"  WeChat → backend    p50 {t['p50']} s · p95 {t['p95']} s · p99 {t['p99']} s · max {t['max']} s "
+        f"(n={t['n']})",
+        f"  discrepancies       {_kv(s['discrepancies']) or 'none'}",
+        "",
+    ]
+    for invariant in outcome.invariants:
+        mark = "PASS" if invariant.holds else f"FAIL ({len(invariant.failures)})"
+        lines.append(f"  {invariant.name} {mark:<10} {invariant.description}")
+        lines.extend(f"       - {failure}" for failure in invariant.failures[:10])
+        if len(invariant.failures) > 10:
+            lines.append(f"       … and {len(invariant.failures) - 10} more (see --json)")
+    return "\n".join(lines)
+
+
+def compare(payflow: Outcome, naive: Outcome) -> str:
+    rows = [("", "payflow", "naive"),
+            ("paid at WeChat", payflow.summary["paid_at_wechat"], naive.summary["paid_at_wechat"]),
+            ("paid at the backend", payflow.summary["paid_at_backend"], naive.summary["paid_at_backend"]),
+            ("paid at WeChat, unpaid at the backend", payflow.summary["paid_at_wechat_not_at_backend"],
+             naive.summary["paid_at_wechat_not_at_backend"]),
+            ("invariants held", sum(i.holds for i in payflow.invariants), sum(i.holds for i in naive.invariants))]
+    return "\n".join(f"  {a:<40}{b!s:>10}{c!s:>10}" for a, b, c in rows)
+
+
+def _kv(counts: dict[str, Any]) -> str:
+    return " · ".join(f"{k} {v}" for k, v in sorted(counts.items()) if v)
+
+
+def write_json(outcome: Outcome, path: pathlib.Path) -> None:
+    body = {"ok": outcome.ok, "summary": outcome.summary,
+            "invariants": [{"name": i.name, "description": i.description, "holds": i.holds,
+                            "failures": list(i.failures)} for i in outcome.invariants],
+            "orders": outcome.rows, "timeline": outcome.timeline, "latencies": outcome.latencies}
+    path.write_text(json.dumps(body, indent=2, ensure_ascii=False, default=str))
+
+
+def write_plot(outcome: Outcome, path: pathlib.Path) -> None:
+    """Time-to-consistency CDF and payments by state over time (needs the `plot` extra: matplotlib)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, (cdf, states) = plt.subplots(1, 2, figsize=(12, 4.5))
+    values = sorted(outcome.latencies)
+    if values:
+        cdf.step(values, [(i + 1) / len(values) for i in range(len(values))], where="post")
+    cdf.set_xlabel("seconds from payment at WeChat to acknowledgement by the backend")
+    cdf.set_ylabel("fraction of paid orders")
+    cdf.set_title("time to consistency (CDF)")
+    cdf.grid(alpha=0.3)
+    names = ["created", "prepaid", "notified", "synced", "reconciled", "closed", "needs_review"]
+    ts = [row["t"] for row in outcome.timeline]
+    for name in names:
+        states.plot(ts, [row.get(name, 0) for row in outcome.timeline], label=name)
+    states.set_xlabel("seconds since start")
+    states.set_ylabel("payments")
+    states.set_title(f"payments by state ({outcome.summary['strategy']}, {outcome.summary['crashes']} SIGKILLs)")
+    states.legend(fontsize=8)
+    states.grid(alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)

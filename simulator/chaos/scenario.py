@@ -1,0 +1,61 @@
+"""The seeded scenario: what each payer will do and when payflow is killed. Pure; no I/O."""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+
+FATES = ("pays", "never", "late", "wrong_amount", "cancelled")
+# How a default population behaves: most pay, some never do, a few pay at the last moment, pay the
+# wrong amount, or have their order cancelled at the business before paying.
+FATE_WEIGHTS = (0.70, 0.12, 0.08, 0.05, 0.05)
+
+
+@dataclasses.dataclass(frozen=True)
+class Order:
+    order_id: str
+    amount: int  # fen
+    fate: str
+    create_at: float  # seconds after the start
+    pay_after: float | None  # seconds after creation; None: never pays
+    pay_amount: int | None  # what the payer pays (differs from `amount` for wrong_amount)
+    polls: int  # how many status polls the payer's page makes after paying
+
+
+@dataclasses.dataclass(frozen=True)
+class Scenario:
+    seed: int
+    orders: tuple[Order, ...]
+    crashes: tuple[float, ...]  # seconds after the start at which payflow is SIGKILLed
+    ttl: float
+
+    @property
+    def last_event(self) -> float:
+        """When the last payer acts (creation or payment), in seconds after the start."""
+        return max(o.create_at + (o.pay_after or 0.0) for o in self.orders)
+
+
+def build(seed: int, orders: int, *, ttl: float = 60.0, spread: float = 15.0, crashes: int = 2) -> Scenario:
+    rng = random.Random(f"chaos:{seed}")
+    plan = []
+    for i in range(orders):
+        fate = rng.choices(FATES, FATE_WEIGHTS)[0]
+        amount = rng.randint(1, 50_000)
+        create_at = rng.uniform(0.0, spread)
+        pay_after: float | None
+        pay_amount: int | None = amount
+        if fate == "never":
+            pay_after, pay_amount = None, None
+        elif fate == "late":
+            pay_after = ttl - rng.uniform(2.0, 5.0)  # just before the order expires at WeChat
+        elif fate == "wrong_amount":
+            pay_after = rng.uniform(0.5, 10.0)
+            pay_amount = amount + rng.choice((-1, 1)) * rng.randint(1, max(1, amount - 1)) if amount > 1 else 2
+        else:
+            pay_after = rng.uniform(0.5, 12.0)
+        plan.append(Order(f"chaos-{seed}-{i:05d}", amount, fate, round(create_at, 3),
+                          None if pay_after is None else round(pay_after, 3), pay_amount, rng.randint(1, 3)))
+    # Crashes while traffic flows: during creation, payments and notifications.
+    window = max(spread + 10.0, 6.0)
+    kills = tuple(sorted(round(rng.uniform(2.0, window), 3) for _ in range(crashes)))
+    return Scenario(seed, tuple(sorted(plan, key=lambda o: o.create_at)), kills, ttl)
