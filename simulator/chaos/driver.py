@@ -90,6 +90,7 @@ class Run:
         self.pay_refused: dict[str, str] = {}
         self.creation_failed: list[str] = []
         self.timeline: list[dict[str, Any]] = []
+        self.crash_times: list[float] = []
         self.started = 0.0
         self.done_payers = 0
 
@@ -144,6 +145,8 @@ class Run:
                 sampler.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await sampler
+            counts = {state.value: n for state, n in (await self.store.count_by_state()).items()}
+            self.timeline.append({"t": round(self.elapsed(), 2), **counts})  # the end state, after reconciliation
             exit_code = await self.payflow.stop()
             return await self._outcome(exit_code)
 
@@ -202,6 +205,7 @@ class Run:
     async def _crasher(self) -> None:
         for moment in self.plan.crashes:
             await self._at(moment)
+            self.crash_times.append(round(self.elapsed(), 2))
             await self.payflow.kill()
             await asyncio.sleep(0.5)
             await self.payflow.start()

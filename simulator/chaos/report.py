@@ -69,7 +69,7 @@ async def build(run: Run, exit_code: int | None) -> Outcome:
         "paid_at_wechat": sum(1 for t in wechat.values() if t["trade_state"] in ("SUCCESS", "REFUND")),
         "paid_at_backend": sum(1 for b in backend.values() if b["status"] == "paid"),
         "paid_at_wechat_not_at_backend": len(invariants[0].failures),
-        "crashes": run.payflow.kills, "payflow_exit_on_sigterm": exit_code,
+        "crashes": run.payflow.kills, "crash_times": run.crash_times, "payflow_exit_on_sigterm": exit_code,
         "faults": {"wechat_notifications": dict(notifier), "wechat": dict(run.wechat_app[FAULTS].injected),
                    "backend": dict(run.backend_app[backend_sim.FAULTS].injected)},
         "time_to_backend_seconds": _percentiles(latencies),
@@ -161,6 +161,8 @@ def write_plot(outcome: Outcome, path: pathlib.Path) -> None:
     ts = [row["t"] for row in outcome.timeline]
     for name in names:
         states.plot(ts, [row.get(name, 0) for row in outcome.timeline], label=name)
+    for i, moment in enumerate(outcome.summary.get("crash_times", [])):
+        states.axvline(moment, color="black", linestyle=":", linewidth=1, label="SIGKILL" if i == 0 else None)
     states.set_xlabel("seconds since start")
     states.set_ylabel("payments")
     states.set_title(f"payments by state ({outcome.summary['strategy']}, {outcome.summary['crashes']} SIGKILLs)")
