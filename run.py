@@ -28,6 +28,10 @@ def _parser() -> argparse.ArgumentParser:
     reconcile.add_argument("--date", required=True, metavar="YYYY-MM-DD", help="the bill date (Asia/Shanghai)")
     reconcile.add_argument("--json", action="store_true", help="print the report as JSON")
 
+    inspect = commands.add_parser("inspect", help="one payment's state, schedule and timeline")
+    inspect.add_argument("out_trade_no", metavar="OUT_TRADE_NO")
+    inspect.add_argument("--json", action="store_true", help="print it as JSON")
+
     from simulator.chaos import cli as chaos
 
     chaos.add_arguments(commands.add_parser(
@@ -62,6 +66,10 @@ def main(argv: list[str] | None = None) -> int:
         from payflow import commands as payflow_commands
 
         return payflow_commands.reconcile(os.environ, args.date, as_json=args.json)
+    if args.command == "inspect":
+        from payflow import commands as payflow_commands
+
+        return payflow_commands.inspect(os.environ, args.out_trade_no, as_json=args.json)
     if args.command == "simulate-chaos":
         from simulator.chaos import cli as chaos
 

@@ -1,4 +1,4 @@
-"""Operator commands that work on the store directly: `run.py reconcile`."""
+"""Operator commands that work on the store directly: `run.py reconcile`, `run.py inspect`."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import json
 import sys
 from collections.abc import Mapping
 
-from payflow import errors, logs
+from payflow import errors, logs, models
 from payflow.backend import BackendClient
 from payflow.reconcile import ReconcileFailed, Reconciler, Report
 from payflow.service import PaymentService
@@ -73,6 +73,62 @@ def render(report: Report) -> str:
     return "\n".join(lines)
 
 
-def _fail(message: str) -> int:
-    print(f"reconcile: {message}", file=sys.stderr)
+def _fail(message: str, *, command: str = "reconcile") -> int:
+    print(f"{command}: {message}", file=sys.stderr)
     return EXIT_ERROR
+
+
+def inspect(environ: Mapping[str, str], out_trade_no: str, *, as_json: bool) -> int:
+    """`run.py inspect`: one payment's state, schedule and timeline, read from the store directly."""
+    try:
+        settings = Settings.from_env(environ)
+    except errors.SettingsError as exc:
+        return _fail(str(exc), command="inspect")
+    try:
+        found = asyncio.run(_inspect(settings, out_trade_no))
+    except errors.StoreUnavailable as exc:
+        return _fail(str(exc), command="inspect")
+    if found is None:
+        return _fail(f"no payment with out_trade_no {out_trade_no!r} in {settings.database_url}", command="inspect")
+    payment, events = found
+    if as_json:
+        body = {"payment": {**payment.view(), "attempts": payment.attempts, "event_id": payment.event_id,
+                            "next_attempt_at": payment.next_attempt_at.isoformat() if payment.next_attempt_at else None,
+                            "created_at": payment.created_at.isoformat()},
+                "events": [e.view() for e in events]}
+        print(json.dumps(body, indent=2, ensure_ascii=False))
+    else:
+        print(render_timeline(payment, events))
+    return 0
+
+
+async def _inspect(settings: Settings, out_trade_no: str) -> tuple[models.Payment, list[models.Event]] | None:
+    store = await open_store(settings.database_url)
+    try:
+        payment = await store.get(out_trade_no)
+        return None if payment is None else (payment, await store.events(out_trade_no))
+    finally:
+        await store.close()
+
+
+def render_timeline(payment: models.Payment, events: list[models.Event]) -> str:
+    lines = [
+        f"{payment.out_trade_no} · order {payment.order_id} · {payment.amount / 100:.2f} {payment.currency} "
+        f"({payment.amount} fen) · {payment.state.value}{' · paid' if payment.paid else ''}",
+        f"  transaction {payment.transaction_id or '—'} · paid at {_when(payment.paid_at)} · "
+        f"expires at {_when(payment.expires_at)}",
+        f"  next attempt {_when(payment.next_attempt_at)} · attempts so far {payment.attempts}"
+        + (" · leased by a worker" if payment.lease_token else ""),
+        "",
+    ]
+    rows = [(_when(e.at), f"{e.from_state.value if e.from_state else '—'} → {e.to_state.value}", e.trigger, e.source,
+             ", ".join(f"{k}={v}" for k, v in e.detail.items() if v is not None)) for e in events]
+    header = ("time", "from → to", "trigger", "source", "detail")
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(4)]
+    for row in [header, *rows]:
+        lines.append("  " + "  ".join(str(row[i]).ljust(widths[i]) for i in range(4)) + "  " + row[4])
+    return "\n".join(lines)
+
+
+def _when(moment: dt.datetime | None) -> str:
+    return moment.isoformat(timespec="seconds") if moment is not None else "—"

@@ -87,6 +87,9 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             extra["field"] = exc.field
         if isinstance(exc, errors.WechatError) and exc.wechat_code:
             extra["wechat_code"] = exc.wechat_code
+        state = getattr(exc, "state", None)
+        if state is not None and status == 409:
+            extra["state"] = str(state)  # what the payment is now, so the operator can decide
         if status >= 500:
             log.warning("request.failed", status=status, error=exc.code, message=str(exc))
         return _error(request, status, exc.code, str(exc), **extra)

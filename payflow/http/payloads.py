@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import json
 import re
+from collections.abc import Mapping
 from typing import Any
 
 from aiohttp import web
 
 from payflow import errors
 from payflow.service import NewPayment
+from payflow.states import State
 
 OUT_TRADE_NO = re.compile(r"^[0-9A-Za-z_-]{6,32}$")
 MAX_EXPIRES_IN = 7 * 86400  # WeChat's default order lifetime; longer is almost always a unit mistake
@@ -47,6 +50,57 @@ def date_param(value: str | None) -> dt.date:
         return dt.date.fromisoformat(value)
     except ValueError:
         raise errors.InvalidRequest(f"date {value!r} is not YYYY-MM-DD", field="date") from None
+
+
+MAX_NOTE = 500
+MAX_LIMIT = 500
+STUCK = "stuck"
+
+
+def note(body: dict[str, Any]) -> str:
+    unknown = sorted(set(body) - {"note"})
+    if unknown:
+        raise errors.InvalidRequest(f"unknown field(s): {', '.join(unknown)}", field=unknown[0])
+    return _text(body, "note", max_len=MAX_NOTE)  # type: ignore[return-value]
+
+
+def listing(query: Mapping[str, str]) -> tuple[str | None, int, str | None]:
+    """(state or "stuck" or None, limit, cursor) of `GET /v1/admin/payments`."""
+    state = query.get("state") or None
+    if state is not None and state != STUCK and state not in {s.value for s in State}:
+        raise errors.InvalidRequest(f"state must be one of {', '.join(s.value for s in State)} or stuck",
+                                    field="state")
+    try:
+        limit = int(query.get("limit", "50"))
+    except ValueError:
+        limit = -1
+    if not 1 <= limit <= MAX_LIMIT:
+        raise errors.InvalidRequest(f"limit must be an integer between 1 and {MAX_LIMIT}", field="limit")
+    return state, limit, query.get("cursor") or None
+
+
+def encode_cursor(*parts: str) -> str:
+    return base64.urlsafe_b64encode(json.dumps(parts).encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str, size: int) -> list[str]:
+    try:
+        parts = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        if isinstance(parts, list) and len(parts) == size and all(isinstance(p, str) for p in parts):
+            return parts
+    except (ValueError, UnicodeDecodeError):
+        pass
+    raise errors.InvalidRequest("cursor is not one this API handed out", field="cursor")
+
+
+def iso_datetime(value: str) -> dt.datetime:
+    try:
+        moment = dt.datetime.fromisoformat(value)
+    except ValueError:
+        moment = None
+    if moment is None or moment.tzinfo is None:
+        raise errors.InvalidRequest("cursor is not one this API handed out", field="cursor")
+    return moment
 
 
 def out_trade_no(value: str) -> str:

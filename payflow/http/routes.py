@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from aiohttp import web
 
+from payflow import models
 from payflow.http import keys, payloads
 from payflow.http.middlewares import requires
+from payflow.service.operating import stuck_thresholds
+from payflow.states import State
 
 
 @requires("api")
@@ -45,6 +50,41 @@ async def discrepancies(request: web.Request) -> web.Response:
                               "discrepancies": [d.view() for d in found]})
 
 
+@requires("admin")
+async def list_payments(request: web.Request) -> web.Response:
+    state, limit, cursor = payloads.listing(request.query)
+    store, service = request.app[keys.STORE], request.app[keys.SERVICE]
+    if state == payloads.STUCK:
+        after = None
+        if cursor:
+            at, no = payloads.decode_cursor(cursor, 2)
+            after = (payloads.iso_datetime(at), no)
+        created_before, expired_before = stuck_thresholds(service)
+        found = await store.list_stuck(created_before=created_before, expired_before=expired_before, after=after,
+                                       limit=limit)
+        next_cursor = (payloads.encode_cursor(found[-1].created_at.isoformat(), found[-1].out_trade_no)
+                       if len(found) == limit else None)
+    else:
+        after_no = payloads.decode_cursor(cursor, 1)[0] if cursor else None
+        found = await store.list_payments(state=State(state) if state else None, after=after_no, limit=limit)
+        next_cursor = payloads.encode_cursor(found[-1].out_trade_no) if len(found) == limit else None
+    return web.json_response({"payments": [_admin_view(p) for p in found], "next_cursor": next_cursor})
+
+
+@requires("admin")
+async def payment_action(request: web.Request) -> web.Response:
+    out_trade_no = payloads.out_trade_no(request.match_info["out_trade_no"])
+    note = payloads.note(await payloads.read_json_object(request))
+    result = await request.app[keys.SERVICE].operate(out_trade_no, request.match_info["action"], note)
+    return web.json_response({"payment": result.payment.view(), "action": result.action, "outcome": result.outcome})
+
+
+def _admin_view(payment: models.Payment) -> dict[str, Any]:
+    return {**payment.view(), "attempts": payment.attempts, "created_at": payment.created_at.isoformat(),
+            "updated_at": payment.updated_at.isoformat(),
+            "next_attempt_at": payment.next_attempt_at.isoformat() if payment.next_attempt_at else None}
+
+
 async def wechat_notify(request: web.Request) -> web.Response:
     # Authenticated by WeChat's signature over the raw body, verified in the service.
     await request.app[keys.SERVICE].handle_notification(request.headers, await request.read())
@@ -66,6 +106,8 @@ def setup(app: web.Application) -> None:
     app.router.add_post("/v1/payments/{out_trade_no}/close", close_payment)
     app.router.add_get("/v1/payments/{out_trade_no}/events", payment_events)
     app.router.add_get("/v1/admin/discrepancies", discrepancies)
+    app.router.add_get("/v1/admin/payments", list_payments)
+    app.router.add_post("/v1/admin/payments/{out_trade_no}/{action:recheck|resend|requeue|dismiss}", payment_action)
     app.router.add_post("/v1/wechat/notify", wechat_notify)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)

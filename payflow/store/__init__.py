@@ -79,7 +79,23 @@ class PaymentStore(abc.ABC):
         """Payments ordered by out_trade_no, those after `after` (a keyset cursor), optionally in one state."""
 
     @abc.abstractmethod
+    async def list_stuck(self, *, created_before: dt.datetime, expired_before: dt.datetime,
+                         after: tuple[dt.datetime, str] | None = None, limit: int = 100) -> list[models.Payment]:
+        """Non-terminal payments past their first deadline, oldest first (keyset cursor on created_at,
+        out_trade_no): `created` made before `created_before`, `prepaid` expired before `expired_before`,
+        `notified` whose first forward already failed."""
+
+    @abc.abstractmethod
     async def count_by_state(self) -> dict[State, int]: ...
+
+    @abc.abstractmethod
+    async def due_stats(self, now: dt.datetime) -> tuple[int, dt.datetime | None]:
+        """How many payments are due now, and the oldest due time (for the sweeper's backlog metrics)."""
+
+    @abc.abstractmethod
+    async def record_event(self, payment: models.Payment, trigger: str, *, source: str, at: dt.datetime,
+                           detail: Mapping[str, Any]) -> None:
+        """An audit event that changes no state (an operator's recheck or resend), from = to = state."""
 
     @abc.abstractmethod
     async def events(self, out_trade_no: str) -> list[models.Event]:

@@ -451,6 +451,29 @@ class SqliteStore(PaymentStore):
             (*params, limit))
         return [_payment(row) for row in rows]
 
+    async def list_stuck(self, *, created_before: dt.datetime, expired_before: dt.datetime,
+                         after: tuple[dt.datetime, str] | None = None, limit: int = 100) -> list[models.Payment]:
+        cursor_at, cursor_no = (_ts(after[0]), after[1]) if after else ("", "")
+        rows = await self._fetchall(
+            f"SELECT {_PAYMENT_COLUMNS} FROM payments WHERE "
+            "((state = 'created' AND created_at < ?) OR (state = 'prepaid' AND expires_at < ?) "
+            " OR (state = 'notified' AND attempts > 0)) "
+            "AND (created_at > ? OR (created_at = ? AND out_trade_no > ?)) "
+            "ORDER BY created_at, out_trade_no LIMIT ?",
+            (_ts(created_before), _ts(expired_before), cursor_at, cursor_at, cursor_no, limit))
+        return [_payment(row) for row in rows]
+
+    async def due_stats(self, now: dt.datetime) -> tuple[int, dt.datetime | None]:
+        rows = await self._fetchall(
+            "SELECT count(*), min(next_attempt_at) FROM payments "
+            "WHERE next_attempt_at IS NOT NULL AND next_attempt_at <= ?", (_ts(now),))
+        return rows[0][0], _dt(rows[0][1])
+
+    async def record_event(self, payment: models.Payment, trigger: str, *, source: str, at: dt.datetime,
+                           detail: Mapping[str, Any]) -> None:
+        async with self._transaction() as db:
+            await _insert_event(db, payment.out_trade_no, payment.state, payment.state, trigger, source, detail, at)
+
     async def count_by_state(self) -> dict[State, int]:
         rows = await self._fetchall("SELECT state, count(*) FROM payments GROUP BY state", ())
         return {State(row[0]): row[1] for row in rows}

@@ -1,0 +1,118 @@
+"""The operator's tools: listing (with `stuck`), recheck, resend, requeue, dismiss — each an event."""
+
+from __future__ import annotations
+
+from payflow.states import State
+from tests.e2e.conftest import World
+
+
+async def _action(world: World, no: str, action: str, note: str = "checked with the payer") -> tuple[int, dict]:  # type: ignore[type-arg]
+    return await world.api("POST", f"/v1/admin/payments/{no}/{action}", json={"note": note})
+
+
+async def test_listing_pages_with_an_opaque_cursor(world: World) -> None:
+    numbers = sorted([(await world.create(f"order-{i}"))["out_trade_no"] for i in range(5)])
+    status, page = await world.api("GET", "/v1/admin/payments?limit=2")
+    assert status == 200 and [p["out_trade_no"] for p in page["payments"]] == numbers[:2]
+    assert page["payments"][0]["attempts"] == 0 and page["payments"][0]["next_attempt_at"]
+    seen = [p["out_trade_no"] for p in page["payments"]]
+    while page["next_cursor"]:
+        status, page = await world.api("GET", f"/v1/admin/payments?limit=2&cursor={page['next_cursor']}")
+        seen += [p["out_trade_no"] for p in page["payments"]]
+    assert seen == numbers
+    status, page = await world.api("GET", "/v1/admin/payments?state=closed")
+    assert status == 200 and page == {"payments": [], "next_cursor": None}
+    for bad in ("state=paid", "limit=0", "limit=501", "limit=ten", "cursor=bm9wZQ"):
+        status, body = await world.api("GET", f"/v1/admin/payments?{bad}")
+        assert status == 422, bad
+        assert body["error"]["field"] == bad.split("=")[0]
+
+
+async def test_stuck_lists_what_missed_its_first_deadline_oldest_first(world: World) -> None:
+    world.backend_faults(error_rate=1.0)
+    late = await world.create("order-late", expires_in=600)
+    world.advance(10)
+    forwarding = await world.create("order-forwarding")
+    await world.pay(forwarding["out_trade_no"])
+    await world.notify()  # the first forward fails: stuck
+    fine = await world.create("order-fine")
+    world.advance(601)  # `late` expired and was never closed (no sweep ran)
+    status, page = await world.api("GET", "/v1/admin/payments?state=stuck&limit=1")
+    assert status == 200 and [p["out_trade_no"] for p in page["payments"]] == [late["out_trade_no"]]
+    status, page = await world.api("GET", f"/v1/admin/payments?state=stuck&cursor={page['next_cursor']}")
+    assert [p["out_trade_no"] for p in page["payments"]] == [forwarding["out_trade_no"]]
+    assert fine["out_trade_no"] not in [p["out_trade_no"] for p in page["payments"]]
+
+
+async def test_recheck_pays_with_source_admin(world: World) -> None:
+    world.wechat_faults(never_deliver=1.0)
+    created = await world.create("order-1")
+    await world.pay(created["out_trade_no"])
+    status, body = await _action(world, created["out_trade_no"], "recheck")
+    await world.service.drain()
+    assert status == 200 and body["outcome"] == "accepted" and body["action"] == "recheck"
+    events = await world.events(created["out_trade_no"])
+    assert ("recheck", "admin") in [(e.trigger, e.source) for e in events]
+    assert ("pay", "admin") in [(e.trigger, e.source) for e in events]
+    assert events[[e.trigger for e in events].index("recheck")].detail == {"note": "checked with the payer"}
+    assert (await world.payment(created["out_trade_no"])).state is State.SYNCED
+
+
+async def test_resend_forwards_now(world: World) -> None:
+    world.backend_faults(error_rate=1.0)
+    created = await world.create("order-1")
+    await world.pay(created["out_trade_no"])
+    await world.notify()
+    world.backend_faults()
+    status, body = await _action(world, created["out_trade_no"], "resend", "backend fixed")
+    assert status == 200 and body["outcome"] == "acknowledged" and body["payment"]["state"] == "synced"
+    assert [(e.trigger, e.source) for e in await world.events(created["out_trade_no"])][-2:] == [
+        ("resend", "admin"), ("sync", "backend")]
+
+
+async def test_requeue_and_dismiss_from_review(world: World) -> None:
+    first = await world.create("order-1")
+    await world.register_at_backend("order-1")
+    world.cancel_at_backend("order-1")
+    await world.pay(first["out_trade_no"])
+    await world.notify()
+    assert (await world.payment(first["out_trade_no"])).state is State.NEEDS_REVIEW
+    status, body = await _action(world, first["out_trade_no"], "dismiss", "refunded by hand")
+    assert status == 200 and body["payment"]["state"] == "closed"
+    last = (await world.events(first["out_trade_no"]))[-1]
+    assert (last.trigger, last.source, last.detail["note"]) == ("dismiss", "admin", "refunded by hand")
+
+    second = await world.create("order-2")
+    world.backend_faults(error_rate=1.0)
+    await world.pay(second["out_trade_no"])
+    await world.notify()
+    for delay in world.settings.forward_schedule:  # exhaust the schedule: needs_review
+        world.advance(delay)
+        await world.sweep()
+    assert (await world.payment(second["out_trade_no"])).state is State.NEEDS_REVIEW
+    world.backend_faults()
+    status, body = await _action(world, second["out_trade_no"], "requeue", "backend is back")
+    assert status == 200 and body["payment"]["state"] == "synced"
+    assert [e.trigger for e in await world.events(second["out_trade_no"])][-2:] == ["requeue", "sync"]
+
+
+async def test_actions_that_do_not_apply_answer_409_with_the_state(world: World) -> None:
+    created = await world.create("order-1")
+    for action in ("resend", "requeue", "dismiss"):
+        status, body = await _action(world, created["out_trade_no"], action)
+        assert status == 409 and body["error"]["code"] == "action_not_applicable"
+        assert body["error"]["state"] == "prepaid"
+    assert [e.trigger for e in await world.events(created["out_trade_no"])] == ["create", "prepay"]
+
+
+async def test_action_input_errors(world: World) -> None:
+    created = await world.create("order-1")
+    no = created["out_trade_no"]
+    assert (await world.api("POST", f"/v1/admin/payments/{no}/recheck", json={}))[0] == 422
+    assert (await world.api("POST", f"/v1/admin/payments/{no}/recheck", json={"note": ""}))[0] == 422
+    assert (await world.api("POST", f"/v1/admin/payments/{no}/recheck", json={"note": "x" * 501}))[0] == 422
+    assert (await world.api("POST", f"/v1/admin/payments/{no}/explode", json={"note": "x"}))[0] == 404
+    assert (await world.api("POST", "/v1/admin/payments/NOPE000001/recheck", json={"note": "x"}))[0] == 404
+    async with world.http.post(world.payflow.make_url(f"/v1/admin/payments/{no}/recheck"), json={"note": "x"},
+                               headers={"Authorization": "Bearer api"}) as response:
+        assert response.status == 401  # the api token is not an admin token
