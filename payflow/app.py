@@ -10,6 +10,7 @@ from aiohttp import web
 from payflow.backend import BackendClient
 from payflow.clock import Clock
 from payflow.http import keys, middlewares, routes
+from payflow.metrics import Metrics
 from payflow.ratelimit import RateLimiter
 from payflow.reconcile import DailySchedule, Reconciler
 from payflow.service import PaymentService
@@ -34,6 +35,7 @@ def create_app(
     verifier: NotificationVerifier | None = None,
     backend: BackendClient | None = None,
     clock: Clock | None = None,
+    metrics: Metrics | None = None,
     run_sweeper: bool = True,
 ) -> web.Application:
     """Build the app. Injected resources are used as they are and not closed by the app.
@@ -50,6 +52,7 @@ def create_app(
         client_max_size=settings.max_body_bytes,
     )
     app[keys.SETTINGS] = settings
+    app[keys.METRICS] = metrics or Metrics()
 
     async def store_ctx(app: web.Application) -> AsyncIterator[None]:
         owned = store is None
@@ -64,7 +67,8 @@ def create_app(
         client = None
         if wechat is None and not _missing_wechat(settings):
             client = WechatPayClient.from_settings(
-                settings, timeout=settings.wechat_timeout, limiter=RateLimiter(settings.wechat_rate))
+                settings, timeout=settings.wechat_timeout, limiter=RateLimiter(settings.wechat_rate),
+                metrics=app[keys.METRICS])
         app[keys.WECHAT] = wechat if wechat is not None else client
         try:
             yield
@@ -87,7 +91,7 @@ def create_app(
         service = PaymentService(
             app[keys.STORE], settings, wechat=app[keys.WECHAT], backend=app[keys.BACKEND],
             verifier=verifier if verifier is not None else NotificationVerifier.from_settings(settings),
-            clock=clock)
+            clock=clock, metrics=app[keys.METRICS])
         app[keys.SERVICE] = service
         yield
         # In-flight forwards get a grace period; one cut short is redone by a sweeper (the row is the outbox).

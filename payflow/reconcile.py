@@ -160,6 +160,7 @@ class Reconciler:
         new = await self.store.add_discrepancy(models.Discrepancy(bill_date, out_trade_no, category, detail,
                                                                   self.service.now()))
         if new:
+            self.service.metrics.discrepancies.labels(category=category).inc()
             log.error("alert.reconciliation_discrepancy", category=category, out_trade_no=out_trade_no, **detail)
 
     def _transaction(self, line: BillLine) -> Transaction:

@@ -53,6 +53,7 @@ class Sweeper:
         await asyncio.gather(*(work(p) for p in claimed))
         report = PassReport(len(claimed), dict(outcomes), outcomes.get("failed", 0),
                             round(time.perf_counter() - started, 4))
+        self.service.metrics.sweep_seconds.observe(report.seconds)
         if claimed:
             log.info("sweep.pass_finished", claimed=report.claimed, outcomes=report.outcomes, seconds=report.seconds)
         return report

@@ -9,6 +9,7 @@ from aiohttp import web
 from payflow import models
 from payflow.http import keys, payloads
 from payflow.http.middlewares import requires
+from payflow.metrics import CONTENT_TYPE
 from payflow.service.operating import stuck_thresholds
 from payflow.states import State
 
@@ -91,6 +92,12 @@ async def wechat_notify(request: web.Request) -> web.Response:
     return web.Response(status=204)
 
 
+async def metrics(request: web.Request) -> web.Response:
+    collected = request.app[keys.METRICS]
+    await collected.refresh(request.app[keys.STORE], request.app[keys.SERVICE].now())
+    return web.Response(body=collected.render(), headers={"Content-Type": CONTENT_TYPE})
+
+
 async def healthz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
 
@@ -111,3 +118,4 @@ def setup(app: web.Application) -> None:
     app.router.add_post("/v1/wechat/notify", wechat_notify)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics)

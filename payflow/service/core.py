@@ -11,6 +11,7 @@ from typing import Any
 from payflow import errors, logs, models, states
 from payflow.backend import BackendClient
 from payflow.clock import Clock, SystemClock
+from payflow.metrics import Metrics
 from payflow.settings import Settings
 from payflow.states import Source, Trigger
 from payflow.store import PaymentStore
@@ -35,6 +36,7 @@ class ServiceCore:
         verifier: NotificationVerifier | None = None,
         clock: Clock | None = None,
         rng: random.Random | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.store = store
         self.settings = settings
@@ -43,6 +45,7 @@ class ServiceCore:
         self.verifier = verifier
         self.clock = clock or SystemClock()
         self._rng = rng or random.Random()
+        self.metrics = metrics or Metrics()
         self._tasks: set[asyncio.Task[Any]] = set()
         # query-on-read: out_trade_no → (when asked, the shared query task)
         self._read_queries: dict[str, tuple[dt.datetime, asyncio.Task[None]]] = {}
@@ -90,6 +93,7 @@ class ServiceCore:
             detail={**payload, **(detail or {})}, changes=changes, notification=notification,
             lease_token=lease_token,
         )
+        self.metrics.transitions.labels(trigger=trigger.value, source=source.value).inc()
         log.info("payment.transitioned", out_trade_no=payment.out_trade_no, trigger=trigger.value,
                  source=source.value, from_state=payment.state.value, state=to.value)
         return moved

@@ -24,6 +24,7 @@ class Forwarding(ServiceCore):
                 return await self._forward_failed(payment, {"error": "PAYFLOW_BACKEND_URL is not configured"})
             delivery = await self.backend.deliver(payment)
             detail = {"event_id": payment.event_id, "attempt": payment.attempts + 1, **delivery.detail()}
+            self.metrics.forwards.labels(outcome=delivery.outcome).inc()
             if delivery.outcome == "acked":
                 log.info("forward.acknowledged", status=delivery.status)
                 return await self._apply(payment, Trigger.SYNC, source=Source.BACKEND, detail=detail)
@@ -39,6 +40,7 @@ class Forwarding(ServiceCore):
         failures = payment.attempts + 1
         if failures > len(schedule):
             log.error("alert.forward_exhausted", out_trade_no=payment.out_trade_no, attempts=failures)
+            self.metrics.forwards.labels(outcome="exhausted").inc()
             return await self._apply(payment, Trigger.FLAG, source=Source.SWEEPER,
                                      payload={"reason": "forward_exhausted"}, detail=detail)
         return await self._reschedule(payment, self.after(schedule[failures - 1]), failures)

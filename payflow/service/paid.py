@@ -11,11 +11,18 @@ from payflow import errors, logs, models
 from payflow.service.core import STALE_RETRIES, ServiceCore
 from payflow.states import Source, State, Trigger
 from payflow.wechat.api import Transaction
-from payflow.wechat.notify import TRANSACTION_SUCCESS, MalformedNotification
+from payflow.wechat.notify import (
+    TRANSACTION_SUCCESS,
+    MalformedNotification,
+    NotificationRejected,
+    VerifiedNotification,
+)
 
 log = logs.get_logger("payflow.service")
 
 _READ_CACHE_LIMIT = 10_000  # query-on-read bookkeeping entries kept before old ones are dropped
+# notification outcomes → the labels of payflow_notifications
+_OUTCOME_METRIC = {"already_paid": "duplicate", "amount_mismatch": "mismatch", "unknown_payment": "unknown"}
 
 
 class Paid(ServiceCore):
@@ -27,7 +34,18 @@ class Paid(ServiceCore):
         """
         if self.verifier is None:
             raise errors.StoreUnavailable("notifications cannot be verified: WeChat keys are not configured")
-        note = self.verifier.verify(headers, raw)
+        try:
+            note = self.verifier.verify(headers, raw)
+        except NotificationRejected as exc:
+            self.metrics.notifications.labels(outcome=exc.code).inc()
+            log.info("notification.refused", reason=exc.code, error=str(exc))
+            raise
+        with logs.bound(notification_id=note.notification_id):
+            outcome = await self._handle_verified(note)
+            self.metrics.notifications.labels(outcome=_OUTCOME_METRIC.get(outcome, outcome)).inc()
+            return outcome
+
+    async def _handle_verified(self, note: VerifiedNotification) -> str:
         with logs.bound(notification_id=note.notification_id):
             if await self.store.get_notification(note.notification_id) is not None:
                 log.info("notification.duplicate")
@@ -45,6 +63,7 @@ class Paid(ServiceCore):
                 return "ignored"
             if txn.mchid != self.settings.wechat_mchid or txn.appid != self.settings.wechat_appid:
                 log.warning("notification.refused", reason="merchant_mismatch", mchid=txn.mchid, appid=txn.appid)
+                self.metrics.notifications.labels(outcome="mismatch").inc()
                 raise MalformedNotification("mchid/appid do not belong to this merchant")
             with logs.bound(out_trade_no=txn.out_trade_no):
                 outcome = await self.confirm_paid(txn, Source.NOTIFY, record=record)

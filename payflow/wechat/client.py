@@ -20,6 +20,7 @@ from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey, RSAPubl
 from yarl import URL
 
 from payflow import errors, logs
+from payflow.metrics import Metrics
 from payflow.ratelimit import RateLimiter
 from payflow.settings import Settings
 from payflow.wechat import crypto
@@ -76,6 +77,7 @@ class WechatPayClient:
         timeout: float = 10.0,
         limiter: RateLimiter | None = None,
         place_attempts: int = 3,
+        metrics: Metrics | None = None,
         now: Callable[[], float] = time.time,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
@@ -92,6 +94,7 @@ class WechatPayClient:
         self._place_attempts = place_attempts
         self._now = now
         self._sleep = sleep
+        self.metrics = metrics
 
     @classmethod
     def from_settings(cls, settings: Settings, **kwargs: Any) -> WechatPayClient:
@@ -238,9 +241,11 @@ class WechatPayClient:
                 raw = await response.read()
                 status, response_headers = response.status, response.headers
         except (TimeoutError, aiohttp.ClientError) as exc:
+            self._observe(endpoint, "network", started)
             log.info("wechat.call_failed", endpoint=endpoint, error=type(exc).__name__,
                      elapsed_ms=round((time.perf_counter() - started) * 1000, 1))
             raise errors.WechatRetryable(f"{endpoint}: {type(exc).__name__}: {exc}") from None
+        self._observe(endpoint, "ok" if 200 <= status < 300 else f"{status // 100}xx", started)
         log.debug("wechat.called", endpoint=endpoint, status=status,
                   elapsed_ms=round((time.perf_counter() - started) * 1000, 1))
 
@@ -251,6 +256,11 @@ class WechatPayClient:
                 raise errors.WechatRetryable(f"{endpoint}: 202 USER_PAYING", wechat_code="USER_PAYING", status=202)
             return _Answer(status, raw)
         raise self._error(endpoint, status, response_headers, raw)
+
+    def _observe(self, endpoint: str, outcome: str, started: float) -> None:
+        if self.metrics is not None:
+            self.metrics.wechat_seconds.labels(endpoint=endpoint, outcome=outcome).observe(
+                time.perf_counter() - started)
 
     def _verify(self, endpoint: str, headers: Mapping[str, str], raw: bytes, status: int) -> None:
         try:

@@ -20,6 +20,7 @@ from payflow.backend import BackendClient
 from payflow.clock import FakeClock
 from payflow.devkeys import BACKEND_SIM_PATH, KeySet
 from payflow.http import keys as app_keys
+from payflow.metrics import Metrics
 from payflow.service import PaymentService
 from payflow.settings import Settings
 from payflow.sweeper import PassReport, Sweeper
@@ -144,10 +145,12 @@ async def world(tmp_path: Any, keyset: KeySet) -> AsyncIterator[World]:
         backend_url=str(backend.make_url(BACKEND_SIM_PATH)), backend_secret=keyset.backend_secret,
         api_token="api", admin_token="admin", jitter=0.0, backend_timeout=2.0,
     )
-    client = WechatPayClient.from_settings(settings, now=now, sleep=_no_sleep, timeout=2.0)
+    metrics = Metrics()
+    client = WechatPayClient.from_settings(settings, now=now, sleep=_no_sleep, timeout=2.0, metrics=metrics)
     forwarder = BackendClient(settings.backend_url or "", keyset.backend_secret, timeout=2.0, now=now)
     verifier = NotificationVerifier({keyset.pub_key_id: keyset.platform_public_key}, keyset.apiv3_key, now=now)
-    app = create_app(settings, wechat=client, backend=forwarder, verifier=verifier, clock=clock, run_sweeper=False)
+    app = create_app(settings, wechat=client, backend=forwarder, verifier=verifier, clock=clock, metrics=metrics,
+                     run_sweeper=False)
     payflow = TestServer(app, host="127.0.0.1", port=port)
     await payflow.start_server()
     http = aiohttp.ClientSession()
