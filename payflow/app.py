@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
 
@@ -20,6 +21,22 @@ from payflow.sweeper import Sweeper
 from payflow.wechat.api import WechatApi
 from payflow.wechat.client import WechatPayClient
 from payflow.wechat.notify import NotificationVerifier
+
+
+@contextlib.asynccontextmanager
+async def _running(run: Callable[[asyncio.Event], Awaitable[None]], name: str, *, grace: float) -> AsyncIterator[None]:
+    """Run a background loop for the life of the block; on exit ask it to stop and wait, and cancel
+    only what is still running after `grace` (a pass that is stuck)."""
+    stop = asyncio.Event()
+    task = asyncio.get_running_loop().create_task(run(stop), name=name)
+    try:
+        yield
+    finally:
+        stop.set()
+        done, _ = await asyncio.wait({task}, timeout=grace)
+        if not done:
+            task.cancel()
+            await asyncio.wait({task})
 
 
 def _missing_wechat(settings: Settings) -> bool:
@@ -101,34 +118,18 @@ def create_app(
         if settings.sweep_interval <= 0 or not run_sweeper:
             yield
             return
-        stop = asyncio.Event()
-        task = asyncio.get_running_loop().create_task(Sweeper(app[keys.SERVICE]).run(stop), name="sweeper")
-        try:
+        async with _running(Sweeper(app[keys.SERVICE]).run, "sweeper",
+                            grace=settings.backend_timeout + settings.wechat_timeout + 1):
             yield
-        finally:
-            stop.set()
-            # The sweeper finishes its pass; only a pass stuck past the grace is cancelled.
-            done, _ = await asyncio.wait({task}, timeout=settings.backend_timeout + settings.wechat_timeout + 1)
-            if not done:
-                task.cancel()
-                await asyncio.wait({task})
 
     async def reconcile_ctx(app: web.Application) -> AsyncIterator[None]:
         client = app[keys.WECHAT]
         if settings.reconcile_at is None or not run_sweeper or not isinstance(client, WechatPayClient):
             yield
             return
-        stop = asyncio.Event()
         schedule = DailySchedule(Reconciler(app[keys.SERVICE], client), settings.reconcile_at)
-        task = asyncio.get_running_loop().create_task(schedule.run(stop), name="reconcile-schedule")
-        try:
+        async with _running(schedule.run, "reconcile-schedule", grace=settings.wechat_timeout + 1):
             yield
-        finally:
-            stop.set()
-            done, _ = await asyncio.wait({task}, timeout=settings.wechat_timeout + 1)
-            if not done:
-                task.cancel()
-                await asyncio.wait({task})
 
     app.cleanup_ctx.extend([store_ctx, wechat_ctx, backend_ctx, service_ctx, sweeper_ctx, reconcile_ctx])
     routes.setup(app)

@@ -64,6 +64,7 @@ class Options:
     backend: BackendFaults = dataclasses.field(default_factory=BackendFaults)
     settle_timeout: float = 90.0
     progress: bool = True
+    env: dict[str, str] = dataclasses.field(default_factory=dict)  # PAYFLOW_* overrides, applied last
 
 
 @dataclasses.dataclass
@@ -124,6 +125,7 @@ class Run:
                        PAYFLOW_API_TOKEN="chaos-api", PAYFLOW_ADMIN_TOKEN="chaos-admin")
             if options.strategy == "naive":
                 env.update(NAIVE)
+            env.update(options.env)
             self.env = env
             self.wechat_url = urls[0]
             self.wechat_app, self.backend_app = wechat_app, backend_app
