@@ -34,8 +34,12 @@ class Sweeper:
         self.interval = interval if interval is not None else settings.sweep_interval
         self.lease = lease or settings.lease
 
-    async def run_once(self) -> PassReport:
-        """Claim what is due now and work it with bounded concurrency; one failure never ends the pass."""
+    async def run_once(self, stop: asyncio.Event | None = None) -> PassReport:
+        """Claim what is due now and work it with bounded concurrency; one failure never ends the pass.
+
+        Once `stop` is set, payments not yet started are left alone: still leased, they are due again
+        when the lease runs out, so shutting down never waits for a whole pass.
+        """
         started = time.perf_counter()
         claimed = await self.service.store.claim_due(self.service.now(), self.batch, self.lease)
         gate = asyncio.Semaphore(self.concurrency)
@@ -43,6 +47,9 @@ class Sweeper:
 
         async def work(payment: models.Payment) -> None:
             async with gate:
+                if stop is not None and stop.is_set():
+                    outcomes["left_for_later"] += 1
+                    return
                 try:
                     outcomes[await self.service.sweep(payment)] += 1
                 except Exception as exc:  # noqa: BLE001 — logged with context; the lease makes it due again
@@ -63,7 +70,7 @@ class Sweeper:
         log.info("sweep.started", interval=self.interval, batch=self.batch)
         while not stop.is_set():
             try:
-                report = await self.run_once()
+                report = await self.run_once(stop)
                 full = report.claimed >= self.batch
             except Exception as exc:  # noqa: BLE001 — e.g. the store is briefly unavailable; try again later
                 log.error("sweep.pass_failed", error=repr(exc))
