@@ -62,16 +62,15 @@ async def run(n_lines: int) -> Row:
         store = await SqliteStore.open(str(pathlib.Path(tmp) / "bench.db"))
         try:
             started = time.perf_counter()
-            async with store._transaction() as db:
-                now = dt.datetime.now(dt.UTC).isoformat(timespec="microseconds")
-                await db.executemany(
+            now = dt.datetime.now(dt.UTC).isoformat(timespec="microseconds")
+            await store.writes.submit(lambda db: db.executemany(
                     "INSERT INTO payments (out_trade_no, order_id, amount, currency, description, openid, attach, "
                     "state, version, event_id, transaction_id, paid_at, paid_amount, expires_at, attempts, "
                     "created_at, updated_at) VALUES (?, ?, ?, 'CNY', ?, ?, ?, 'synced', 3, ?, ?, ?, ?, ?, 0, ?, ?)",
                     [(o.out_trade_no, f"order-{o.out_trade_no}", o.total, o.description, o.openid, o.attach,
                       f"evt_{o.out_trade_no}", o.transaction_id,
                       o.success_time.astimezone(dt.UTC).isoformat(timespec="microseconds"),  # type: ignore[union-attr]
-                      o.total, now, now, now) for o in orders])
+                      o.total, now, now, now) for o in orders]))
             seeded = time.perf_counter() - started
             settings = dataclasses.replace(Settings(), wechat_mchid="1230000109", wechat_appid="wxd678efh567hg6787")
             service = PaymentService(store, settings)

@@ -1,0 +1,137 @@
+"""Group commit for SQLite: one writer task runs every write queued while the previous commit was in
+flight inside one transaction, so N concurrent writers share one fsync.
+
+Each write runs under its own SAVEPOINT: a write that fails (a lost compare-and-set, a constraint)
+is rolled back alone and its caller alone gets the error; its batch-mates commit. A caller is
+answered only after COMMIT returned, so an acknowledged write is on disk (synchronous=FULL).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import sqlite3
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import aiosqlite
+
+from payflow import errors, logs
+
+log = logs.get_logger(__name__)
+
+T = TypeVar("T")
+Work = Callable[[aiosqlite.Connection], Awaitable[Any]]
+
+MAX_BATCH = 256
+
+
+@dataclasses.dataclass(slots=True)
+class _Item:
+    work: Work
+    future: asyncio.Future[Any]
+
+
+@dataclasses.dataclass(slots=True)
+class Stats:
+    batches: int = 0
+    writes: int = 0
+    largest_batch: int = 0
+
+
+class GroupCommitWriter:
+    def __init__(self, db: aiosqlite.Connection, *, max_batch: int = MAX_BATCH) -> None:
+        self._db = db
+        self._max_batch = max_batch
+        self._queue: asyncio.Queue[_Item | None] = asyncio.Queue()
+        self._task: asyncio.Task[None] | None = None
+        self._closed = False
+        self.stats = Stats()
+
+    async def submit(self, work: Callable[[aiosqlite.Connection], Awaitable[T]]) -> T:
+        """Run `work` in the next batch and return its result once that batch is committed."""
+        if self._closed:
+            raise errors.StoreUnavailable("the store is closed")
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="sqlite-group-commit")
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait(_Item(work, future))
+        return await future
+
+    async def close(self) -> None:
+        """Finish what is queued, then stop."""
+        self._closed = True
+        if self._task is not None:
+            self._queue.put_nowait(None)
+            await self._task
+
+    async def _run(self) -> None:
+        stopping = False
+        while not stopping:
+            first = await self._queue.get()
+            if first is None:
+                break
+            batch = [first]
+            while len(batch) < self._max_batch and not self._queue.empty():
+                item = self._queue.get_nowait()
+                if item is None:
+                    stopping = True
+                    break
+                batch.append(item)
+            await self._commit(batch)
+        # Anything that raced in after close() gets a clear answer rather than hanging.
+        while not self._queue.empty():
+            item = self._queue.get_nowait()
+            if item is not None and not item.future.done():
+                item.future.set_exception(errors.StoreUnavailable("the store is closed"))
+
+    async def _commit(self, batch: list[_Item]) -> None:
+        db = self._db
+        outcomes: list[tuple[_Item, bool, Any]] = []
+        try:
+            await db.execute("BEGIN IMMEDIATE")
+            for item in batch:
+                if item.future.cancelled():
+                    continue  # its caller is gone and was never told anything: nothing to apply
+                await db.execute("SAVEPOINT write")
+                try:
+                    value = await item.work(db)
+                except Exception as exc:  # noqa: BLE001 — this write's failure is its caller's alone
+                    await db.execute("ROLLBACK TO write")
+                    await db.execute("RELEASE write")
+                    outcomes.append((item, False, _store_error(exc)))
+                    continue
+                await db.execute("RELEASE write")
+                outcomes.append((item, True, value))
+            await db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            # The batch as a whole did not commit: nobody may be told their write succeeded.
+            if db.in_transaction:
+                try:
+                    await db.execute("ROLLBACK")
+                except sqlite3.Error:
+                    log.exception("store.rollback_failed")
+            failure = errors.StoreUnavailable(f"SQLite commit failed: {exc}")
+            for item in batch:
+                if not item.future.done():
+                    item.future.set_exception(failure)
+            log.error("store.batch_failed", writes=len(batch), error=str(exc))
+            return
+        self.stats.batches += 1
+        self.stats.writes += len(outcomes)
+        self.stats.largest_batch = max(self.stats.largest_batch, len(outcomes))
+        for item, ok, value in outcomes:
+            if item.future.done():
+                continue
+            if ok:
+                item.future.set_result(value)
+            else:
+                item.future.set_exception(value)
+
+
+def _store_error(exc: Exception) -> Exception:
+    if isinstance(exc, errors.PayflowError) or not isinstance(exc, sqlite3.Error):
+        return exc
+    if isinstance(exc, sqlite3.IntegrityError):
+        return errors.Conflict(f"constraint violated: {exc}")
+    return errors.StoreUnavailable(f"SQLite write failed: {exc}")

@@ -1,0 +1,247 @@
+"""SQLite schema (migrations by PRAGMA user_version), row conversions and statement helpers."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import sqlite3
+from collections.abc import Mapping
+from typing import Any
+
+import aiosqlite
+
+from payflow import errors, models
+from payflow.states import State
+
+STATES_SQL = ", ".join(f"'{s.value}'" for s in State)
+
+# Each entry moves the schema from version i to i+1; never edit a released entry, append a new one.
+MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    (
+        f"""
+        CREATE TABLE payments (
+            out_trade_no    TEXT PRIMARY KEY,
+            order_id        TEXT NOT NULL UNIQUE,
+            amount          INTEGER NOT NULL CHECK (amount > 0),
+            currency        TEXT NOT NULL,
+            description     TEXT NOT NULL,
+            openid          TEXT NOT NULL,
+            attach          TEXT,
+            state           TEXT NOT NULL CHECK (state IN ({STATES_SQL})),
+            version         INTEGER NOT NULL,
+            event_id        TEXT NOT NULL UNIQUE,
+            prepay_id       TEXT,
+            transaction_id  TEXT,
+            paid_at         TEXT,
+            paid_amount     INTEGER,
+            expires_at      TEXT NOT NULL,
+            next_attempt_at TEXT,
+            attempts        INTEGER NOT NULL DEFAULT 0,
+            lease_token     TEXT,
+            created_at      TEXT NOT NULL,
+            updated_at      TEXT NOT NULL
+        )
+        """,
+        # Only scheduled payments are in this index, so a due-scan costs what is due, not the table size.
+        "CREATE INDEX payments_due ON payments (next_attempt_at) WHERE next_attempt_at IS NOT NULL",
+        f"""
+        CREATE TABLE order_events (
+            id           INTEGER PRIMARY KEY AUTOINCREMENT,
+            out_trade_no TEXT NOT NULL REFERENCES payments (out_trade_no),
+            from_state   TEXT CHECK (from_state IN ({STATES_SQL})),
+            to_state     TEXT NOT NULL CHECK (to_state IN ({STATES_SQL})),
+            trigger      TEXT NOT NULL,
+            source       TEXT NOT NULL,
+            detail       TEXT NOT NULL,
+            at           TEXT NOT NULL
+        )
+        """,
+        "CREATE INDEX order_events_by_payment ON order_events (out_trade_no, id)",
+        """
+        CREATE TABLE notifications (
+            notification_id TEXT PRIMARY KEY,
+            out_trade_no    TEXT,
+            event_type      TEXT NOT NULL,
+            outcome         TEXT NOT NULL,
+            resource        TEXT NOT NULL,
+            received_at     TEXT NOT NULL
+        )
+        """,
+        "CREATE INDEX notifications_by_payment ON notifications (out_trade_no)",
+    ),
+    (
+        """
+        CREATE TABLE reconciliation_runs (
+            id          INTEGER PRIMARY KEY AUTOINCREMENT,
+            bill_date   TEXT NOT NULL,
+            started_at  TEXT NOT NULL,
+            finished_at TEXT,
+            status      TEXT NOT NULL,
+            counts      TEXT NOT NULL,
+            error       TEXT
+        )
+        """,
+        "CREATE INDEX reconciliation_runs_by_date ON reconciliation_runs (bill_date, id)",
+        """
+        CREATE TABLE discrepancies (
+            bill_date    TEXT NOT NULL,
+            out_trade_no TEXT NOT NULL,
+            category     TEXT NOT NULL,
+            detail       TEXT NOT NULL,
+            found_at     TEXT NOT NULL,
+            PRIMARY KEY (bill_date, out_trade_no, category)
+        )
+        """,
+        """
+        CREATE TABLE billed (
+            out_trade_no TEXT PRIMARY KEY,
+            bill_date    TEXT NOT NULL
+        )
+        """,
+        # BANK_MISS looks for payments paid on one day; only paid payments have paid_at.
+        "CREATE INDEX payments_paid_at ON payments (paid_at) WHERE paid_at IS NOT NULL",
+    ),
+)
+
+PAYMENT_COLUMNS = (
+    "out_trade_no, order_id, amount, currency, description, openid, attach, state, version, event_id, "
+    "prepay_id, transaction_id, paid_at, paid_amount, expires_at, next_attempt_at, attempts, lease_token, "
+    "created_at, updated_at"
+)
+
+
+def ts(value: dt.datetime | None) -> str | None:
+    """Fixed-width UTC text, so SQL string comparison orders like time does."""
+    if value is None:
+        return None
+    if value.tzinfo is None:
+        raise ValueError("naive datetime reached the store; payflow times are timezone-aware")
+    return value.astimezone(dt.UTC).isoformat(timespec="microseconds")
+
+
+def from_ts(value: str | None) -> dt.datetime | None:
+    return dt.datetime.fromisoformat(value) if value is not None else None
+
+
+def payment_row(row: sqlite3.Row) -> models.Payment:
+    return models.Payment(
+        out_trade_no=row["out_trade_no"],
+        order_id=row["order_id"],
+        amount=row["amount"],
+        currency=row["currency"],
+        description=row["description"],
+        openid=row["openid"],
+        attach=row["attach"],
+        state=State(row["state"]),
+        version=row["version"],
+        event_id=row["event_id"],
+        prepay_id=row["prepay_id"],
+        transaction_id=row["transaction_id"],
+        paid_at=from_ts(row["paid_at"]),
+        paid_amount=row["paid_amount"],
+        expires_at=from_ts(row["expires_at"]),  # type: ignore[arg-type]
+        next_attempt_at=from_ts(row["next_attempt_at"]),
+        attempts=row["attempts"],
+        lease_token=row["lease_token"],
+        created_at=from_ts(row["created_at"]),  # type: ignore[arg-type]
+        updated_at=from_ts(row["updated_at"]),  # type: ignore[arg-type]
+    )
+
+
+def event_row(row: sqlite3.Row) -> models.Event:
+    return models.Event(
+        id=row["id"],
+        out_trade_no=row["out_trade_no"],
+        from_state=State(row["from_state"]) if row["from_state"] else None,
+        to_state=State(row["to_state"]),
+        trigger=row["trigger"],
+        source=row["source"],
+        detail=json.loads(row["detail"]),
+        at=from_ts(row["at"]),  # type: ignore[arg-type]
+    )
+
+
+def notification_row(row: sqlite3.Row) -> models.Notification:
+    return models.Notification(
+        notification_id=row["notification_id"],
+        out_trade_no=row["out_trade_no"],
+        event_type=row["event_type"],
+        outcome=row["outcome"],
+        resource=json.loads(row["resource"]),
+        received_at=from_ts(row["received_at"]),  # type: ignore[arg-type]
+    )
+
+
+def to_json(value: Mapping[str, Any] | None) -> str:
+    return json.dumps(dict(value or {}), ensure_ascii=False, sort_keys=True, default=str)
+
+
+async def connect(path: str) -> aiosqlite.Connection:
+    # Probe in a plain thread first: when aiosqlite's own connect fails, its worker thread may later
+    # report to an event loop that is already closed.
+    await asyncio.to_thread(lambda: sqlite3.connect(path).close())
+    db = await aiosqlite.connect(path, isolation_level=None)
+    db.row_factory = sqlite3.Row
+    # Another process (a second replica starting, the CLI's `inspect`) may hold the write lock briefly.
+    await db.execute("PRAGMA busy_timeout = 10000")
+    await db.execute("PRAGMA journal_mode = WAL")
+    # FULL: a committed payment state survives power loss, not only a process crash.
+    await db.execute("PRAGMA synchronous = FULL")
+    await db.execute("PRAGMA foreign_keys = ON")
+    return db
+
+
+async def migrate(db: aiosqlite.Connection) -> None:
+    # BEGIN IMMEDIATE takes the write lock first, so two processes starting together migrate once.
+    await db.execute("BEGIN IMMEDIATE")
+    try:
+        async with db.execute("PRAGMA user_version") as cursor:
+            (version,) = await cursor.fetchone()  # type: ignore[misc]
+        if version > len(MIGRATIONS):
+            raise errors.StoreUnavailable(
+                f"database schema v{version} is newer than this payflow (v{len(MIGRATIONS)}); upgrade payflow")
+        for number in range(version, len(MIGRATIONS)):
+            for statement in MIGRATIONS[number]:
+                await db.execute(statement)
+            await db.execute(f"PRAGMA user_version = {number + 1}")
+    except BaseException:
+        await db.execute("ROLLBACK")
+        raise
+    await db.execute("COMMIT")
+
+
+async def select_payment(db: aiosqlite.Connection, out_trade_no: str) -> sqlite3.Row:
+    async with db.execute(f"SELECT {PAYMENT_COLUMNS} FROM payments WHERE out_trade_no = ?",
+                          (out_trade_no,)) as cursor:
+        row = await cursor.fetchone()
+    assert row is not None
+    return row
+
+
+async def insert_event(
+    db: aiosqlite.Connection,
+    out_trade_no: str,
+    from_state: State | None,
+    to_state: State,
+    trigger: str,
+    source: str,
+    detail: Mapping[str, Any] | None,
+    at: dt.datetime,
+) -> None:
+    await db.execute(
+        "INSERT INTO order_events (out_trade_no, from_state, to_state, trigger, source, detail, at) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?)",
+        (out_trade_no, from_state.value if from_state else None, to_state.value, trigger, str(source),
+         to_json(detail), ts(at)),
+    )
+
+
+async def insert_notification(db: aiosqlite.Connection, notification: models.Notification) -> bool:
+    cursor = await db.execute(
+        "INSERT INTO notifications (notification_id, out_trade_no, event_type, outcome, resource, received_at) "
+        "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (notification_id) DO NOTHING",
+        (notification.notification_id, notification.out_trade_no, notification.event_type,
+         notification.outcome, to_json(notification.resource), ts(notification.received_at)),
+    )
+    return cursor.rowcount == 1
