@@ -65,6 +65,8 @@ class Reconciler:
     async def run(self, bill_date: dt.date) -> Report:
         """Reconcile one day. Idempotent: a re-run decides nothing twice and records nothing twice."""
         run_id = await self.store.start_reconciliation(bill_date, self.service.now())
+        if run_id is None:
+            raise ReconcileFailed(f"a reconciliation of {bill_date} is already running (another replica?)")
         with logs.bound(bill_date=bill_date.isoformat(), run_id=run_id):
             try:
                 info = await self.bills.trade_bill(bill_date, gzip=True)

@@ -14,6 +14,8 @@ from payflow.states import State, Trigger
 CHANGEABLE = frozenset({"prepay_id", "transaction_id", "paid_at", "paid_amount", "next_attempt_at", "attempts"})
 # States the sweeper never visits: their schedule is cleared by the store, whatever the caller asked.
 UNSCHEDULED = frozenset({State.SYNCED, State.RECONCILED, State.CLOSED, State.NEEDS_REVIEW})
+# A reconciliation run still `running` after this long is taken to have died with its process.
+RUN_STALE_AFTER = dt.timedelta(hours=1)
 
 
 class PaymentStore(abc.ABC):
@@ -111,8 +113,9 @@ class PaymentStore(abc.ABC):
     # --- reconciliation -----------------------------------------------------------------------
 
     @abc.abstractmethod
-    async def start_reconciliation(self, bill_date: dt.date, at: dt.datetime) -> int:
-        """Record a run as `running`; returns its id."""
+    async def start_reconciliation(self, bill_date: dt.date, at: dt.datetime) -> int | None:
+        """Record a run as `running` and return its id, or None when another run of that date started
+        less than RUN_STALE_AFTER ago and has not finished (another replica is on it)."""
 
     @abc.abstractmethod
     async def finish_reconciliation(self, run_id: int, *, status: str, counts: Mapping[str, int],
@@ -150,11 +153,14 @@ class PaymentStore(abc.ABC):
 
 
 async def open_store(url: str) -> PaymentStore:
-    """Open (and migrate) the store named by `url`: `sqlite:///relative.db` or `sqlite:////abs/path.db`."""
+    """Open (and migrate) the store named by `url`: `sqlite:///relative.db`, `sqlite:////abs/path.db`, or
+    `postgresql://user@host:5432/db` (query parameters become server settings, e.g. `?search_path=x`)."""
     if url.startswith("sqlite:///"):
         from payflow.store import sqlite
 
         return await sqlite.SqliteStore.open(url.removeprefix("sqlite:///"))
     if url.startswith(("postgresql://", "postgres://")):
-        raise errors.SettingsError("PAYFLOW_DATABASE_URL: the PostgreSQL backend is not available yet")
+        from payflow.store import postgres
+
+        return await postgres.PostgresStore.open(url)
     raise errors.SettingsError(f"PAYFLOW_DATABASE_URL: unsupported store URL {url!r}")

@@ -18,7 +18,7 @@ import aiosqlite
 
 from payflow import errors, models, states
 from payflow.states import State, Trigger
-from payflow.store import CHANGEABLE, UNSCHEDULED, PaymentStore
+from payflow.store import CHANGEABLE, RUN_STALE_AFTER, UNSCHEDULED, PaymentStore
 from payflow.store.group_commit import GroupCommitWriter
 from payflow.store.sqlite_schema import (
     MIGRATIONS,
@@ -198,13 +198,15 @@ class SqliteStore(PaymentStore):
 
     # --- reconciliation -----------------------------------------------------------------------
 
-    async def start_reconciliation(self, bill_date: dt.date, at: dt.datetime) -> int:
-        async def work(db: aiosqlite.Connection) -> int:
+    async def start_reconciliation(self, bill_date: dt.date, at: dt.datetime) -> int | None:
+        async def work(db: aiosqlite.Connection) -> int | None:
+            # One writer: the check and the insert cannot interleave with another process's run start.
             cursor = await db.execute(
                 "INSERT INTO reconciliation_runs (bill_date, started_at, status, counts) "
-                "VALUES (?, ?, 'running', '{}')",
-                (bill_date.isoformat(), ts(at)))
-            return int(cursor.lastrowid or 0)
+                "SELECT ?, ?, 'running', '{}' WHERE NOT EXISTS (SELECT 1 FROM reconciliation_runs "
+                "WHERE bill_date = ? AND status = 'running' AND started_at > ?)",
+                (bill_date.isoformat(), ts(at), bill_date.isoformat(), ts(at - RUN_STALE_AFTER)))
+            return int(cursor.lastrowid) if cursor.rowcount == 1 and cursor.lastrowid else None
 
         return await self.writes.submit(work)
 

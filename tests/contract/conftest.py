@@ -1,22 +1,38 @@
-"""The `store` fixture, parametrized over every backend; the contract suite runs unchanged on each."""
+"""The `store` fixture, parametrized over every backend; the contract suite runs unchanged on each.
+
+PostgreSQL runs on 127.0.0.1:5432 (database `test`, trust auth; `.ci/run` starts it). Each test gets
+its own schema, dropped afterwards.
+"""
 
 from __future__ import annotations
 
+import os
 import pathlib
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 
+import asyncpg
 import pytest
 
 from payflow.store import PaymentStore, open_store
 
-BACKENDS = ["sqlite"]
+BACKENDS = ["sqlite", "postgresql"]
+POSTGRES = os.environ.get("PAYFLOW_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
 
 
 @pytest.fixture(params=BACKENDS)
-def store_url(request: pytest.FixtureRequest, tmp_path: pathlib.Path) -> str:
+async def store_url(request: pytest.FixtureRequest, tmp_path: pathlib.Path) -> AsyncIterator[str]:
     if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'payflow.db'}"
-    raise AssertionError(request.param)
+        yield f"sqlite:///{tmp_path / 'payflow.db'}"
+        return
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    admin = await asyncpg.connect(POSTGRES)
+    try:
+        await admin.execute(f"CREATE SCHEMA {schema}")
+        yield f"{POSTGRES}?search_path={schema}"
+    finally:
+        await admin.execute(f"DROP SCHEMA {schema} CASCADE")
+        await admin.close()
 
 
 @pytest.fixture

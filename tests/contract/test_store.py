@@ -227,6 +227,21 @@ async def test_listing_pages_by_cursor_and_counts_by_state(store: PaymentStore) 
     assert await store.count_by_state() == {State.CREATED: 5, State.PREPAID: 1}
 
 
+async def test_one_reconciliation_run_per_date_at_a_time(open_url: Callable[[], Awaitable[PaymentStore]]) -> None:
+    one, two = await open_url(), await open_url()
+    day = dt.date(2026, 11, 25)
+    started = await asyncio.gather(*(s.start_reconciliation(day, T0) for s in (one, two, one, two)))
+    assert sum(run is not None for run in started) == 1  # replicas racing: exactly one runs the day
+    [run_id] = [run for run in started if run is not None]
+    await one.finish_reconciliation(run_id, status="clean", counts={"lines": 3}, at=T0)
+    again = await two.start_reconciliation(day, T0 + dt.timedelta(minutes=1))  # finished: a re-run may start
+    assert again is not None and again != run_id
+    # a run left `running` by a dead process stops blocking after an hour
+    assert await one.start_reconciliation(day, T0 + dt.timedelta(minutes=30)) is None
+    assert await one.start_reconciliation(day, T0 + dt.timedelta(hours=2)) is not None
+    assert [r.status for r in await one.reconciliation_runs(day)] == ["clean", "running", "running"]
+
+
 async def test_notifications_are_deduplicated(store: PaymentStore) -> None:
     note = models.Notification(notification_id="EV-1", received_at=T0, event_type="TRANSACTION.SUCCESS",
                                out_trade_no=None, outcome="unknown_payment", resource={"out_trade_no": "x"})

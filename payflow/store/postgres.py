@@ -1,0 +1,320 @@
+"""PostgreSQL backend of `PaymentStore` (asyncpg) for several payflow replicas on one database.
+
+CAS transitions with their event row in one transaction; claims with `FOR UPDATE SKIP LOCKED` and a
+lease; a connection pool that heals itself after the database restarts (calls meanwhile raise
+`StoreUnavailable`: the API answers 503, WeChat's notification is retried, nothing acknowledged is lost).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import json
+from collections.abc import AsyncIterator, Iterable, Mapping
+from typing import Any
+
+import asyncpg
+
+from payflow import errors, models, states
+from payflow.states import State, Trigger
+from payflow.store import CHANGEABLE, RUN_STALE_AFTER, UNSCHEDULED, PaymentStore
+from payflow.store.postgres_schema import migrate
+
+_COLUMNS = (
+    "out_trade_no, order_id, amount, currency, description, openid, attach, state, version, event_id, "
+    "prepay_id, transaction_id, paid_at, paid_amount, expires_at, next_attempt_at, attempts, lease_token, "
+    "created_at, updated_at"
+)
+_DRIVER_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError, OSError, ConnectionError,
+                  TimeoutError)
+
+
+def _payment(row: asyncpg.Record) -> models.Payment:
+    return models.Payment(**{k: row[k] for k in row.keys() if k != "due_at"} | {"state": State(row["state"])})
+
+
+def _event(row: asyncpg.Record) -> models.Event:
+    return models.Event(id=row["id"], out_trade_no=row["out_trade_no"],
+                        from_state=State(row["from_state"]) if row["from_state"] else None,
+                        to_state=State(row["to_state"]), trigger=row["trigger"], source=row["source"],
+                        detail=row["detail"], at=row["at"])
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, sort_keys=True, default=str)
+
+
+async def _init_connection(connection: asyncpg.Connection) -> None:
+    await connection.set_type_codec("jsonb", encoder=_dumps, decoder=json.loads, schema="pg_catalog")
+
+
+@contextlib.asynccontextmanager
+async def _boundary() -> AsyncIterator[None]:
+    """Driver errors become payflow errors here, and nowhere else."""
+    try:
+        yield
+    except errors.PayflowError:
+        raise
+    except asyncpg.UniqueViolationError as exc:
+        raise errors.DuplicatePayment(str(exc)) from exc
+    except asyncpg.IntegrityConstraintViolationError as exc:
+        raise errors.Conflict(f"constraint violated: {exc}") from exc
+    except _DRIVER_ERRORS as exc:
+        raise errors.StoreUnavailable(f"PostgreSQL: {type(exc).__name__}: {exc}") from exc
+
+
+class PostgresStore(PaymentStore):
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+
+    @classmethod
+    async def open(cls, dsn: str, *, min_size: int = 1, max_size: int = 10) -> PostgresStore:
+        async with _boundary():
+            pool = await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size, init=_init_connection,
+                                             command_timeout=30)
+            try:
+                async with pool.acquire() as connection:
+                    await migrate(connection)
+            except BaseException:
+                await pool.close()
+                raise
+        return cls(pool)
+
+    async def close(self) -> None:
+        await self._pool.close()
+
+    async def ping(self) -> None:
+        async with _boundary():
+            await self._pool.fetchval("SELECT 1")
+
+    # --- writes -------------------------------------------------------------------------------
+
+    async def create(self, payment: models.Payment, *, source: str, detail: Mapping[str, Any]) -> models.Payment:
+        if payment.state is not State.CREATED:
+            raise errors.IllegalTransition("new", f"create as {payment.state.value}")
+        async with _boundary(), self._pool.acquire() as db, db.transaction():
+            try:
+                await db.execute(
+                    f"INSERT INTO payments ({_COLUMNS}) VALUES "
+                    "($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17,NULL,$18,$19)",
+                    payment.out_trade_no, payment.order_id, payment.amount, payment.currency, payment.description,
+                    payment.openid, payment.attach, payment.state.value, payment.version, payment.event_id,
+                    payment.prepay_id, payment.transaction_id, payment.paid_at, payment.paid_amount,
+                    payment.expires_at, payment.next_attempt_at, payment.attempts, payment.created_at,
+                    payment.updated_at)
+            except asyncpg.UniqueViolationError as exc:
+                raise errors.DuplicatePayment(
+                    f"a payment with order_id {payment.order_id!r} or out_trade_no {payment.out_trade_no!r} exists"
+                ) from exc
+            await _insert_event(db, payment.out_trade_no, None, State.CREATED, "create", source, detail,
+                                payment.created_at)
+        return payment
+
+    async def transition(
+        self,
+        payment: models.Payment,
+        to: State,
+        trigger: Trigger,
+        *,
+        source: str,
+        at: dt.datetime,
+        detail: Mapping[str, Any] | None = None,
+        changes: Mapping[str, Any] | None = None,
+        notification: models.Notification | None = None,
+        lease_token: str | None = None,
+    ) -> models.Payment:
+        to, trigger = State(to), Trigger(trigger)
+        if states.destination(payment.state, trigger) is not to:
+            raise errors.IllegalTransition(payment.state.value, trigger.value)
+        values = dict(changes or {})
+        unknown = set(values) - CHANGEABLE
+        if unknown:
+            raise ValueError(f"transition cannot change {sorted(unknown)}")
+        values.setdefault("attempts", 0)
+        if to in UNSCHEDULED:
+            values["next_attempt_at"] = None
+        assignments = ", ".join(f"{column} = ${i}" for i, column in enumerate(values, start=7))
+        async with _boundary(), self._pool.acquire() as db, db.transaction():
+            row = await db.fetchrow(
+                f"UPDATE payments SET state = $1, version = version + 1, lease_token = $2, updated_at = $3, "
+                f"{assignments} WHERE out_trade_no = $4 AND state = $5 AND version = $6 RETURNING {_COLUMNS}",
+                to.value, lease_token, at, payment.out_trade_no, payment.state.value, payment.version,
+                *values.values())
+            if row is None:
+                raise errors.StaleState(
+                    f"payment {payment.out_trade_no} is no longer {payment.state.value} v{payment.version}")
+            await _insert_event(db, payment.out_trade_no, payment.state, to, trigger.value, source, detail, at)
+            if notification is not None:
+                await _insert_notification(db, notification)
+        return _payment(row)
+
+    async def reschedule(
+        self, payment: models.Payment, *, next_attempt_at: dt.datetime | None, attempts: int, at: dt.datetime
+    ) -> models.Payment:
+        if payment.state in UNSCHEDULED:
+            next_attempt_at = None
+        async with _boundary():
+            row = await self._pool.fetchrow(
+                "UPDATE payments SET next_attempt_at = $1, attempts = $2, lease_token = NULL, "
+                "version = version + 1, updated_at = $3 WHERE out_trade_no = $4 AND state = $5 AND version = $6 "
+                f"AND lease_token IS NOT DISTINCT FROM $7 RETURNING {_COLUMNS}",
+                next_attempt_at, attempts, at, payment.out_trade_no, payment.state.value, payment.version,
+                payment.lease_token)
+        if row is None:
+            raise errors.StaleState(f"payment {payment.out_trade_no} changed or lost its lease")
+        return _payment(row)
+
+    async def claim_due(self, now: dt.datetime, limit: int, lease: float) -> list[models.Payment]:
+        if limit <= 0:
+            return []
+        async with _boundary():
+            # SKIP LOCKED: replicas claiming at the same moment take disjoint sets instead of waiting.
+            rows = await self._pool.fetch(
+                "WITH due AS (SELECT out_trade_no, next_attempt_at AS due_at FROM payments "
+                "  WHERE next_attempt_at IS NOT NULL AND next_attempt_at <= $1 "
+                "  ORDER BY next_attempt_at LIMIT $3 FOR UPDATE SKIP LOCKED) "
+                "UPDATE payments AS p SET next_attempt_at = $2, "
+                "lease_token = substr(md5(random()::text || clock_timestamp()::text || p.out_trade_no), 1, 16) "
+                "FROM due WHERE p.out_trade_no = due.out_trade_no "
+                f"RETURNING due.due_at, {', '.join('p.' + c for c in _COLUMNS.split(', '))}",
+                now, now + dt.timedelta(seconds=lease), limit)
+        ordered = sorted(rows, key=lambda r: (r["due_at"], r["out_trade_no"]))
+        return [_payment(r) for r in ordered]
+
+    async def record_notification(self, notification: models.Notification) -> bool:
+        async with _boundary(), self._pool.acquire() as db:
+            return await _insert_notification(db, notification)
+
+    async def record_event(self, payment: models.Payment, trigger: str, *, source: str, at: dt.datetime,
+                           detail: Mapping[str, Any]) -> None:
+        async with _boundary(), self._pool.acquire() as db:
+            await _insert_event(db, payment.out_trade_no, payment.state, payment.state, trigger, source, detail, at)
+
+    # --- reconciliation -----------------------------------------------------------------------
+
+    async def start_reconciliation(self, bill_date: dt.date, at: dt.datetime) -> int | None:
+        async with _boundary(), self._pool.acquire() as db, db.transaction():
+            # Replicas of one database serialise here, per date, for the length of this transaction.
+            await db.execute("SELECT pg_advisory_xact_lock(hashtext($1))", f"payflow:reconcile:{bill_date}")
+            run_id = await db.fetchval(
+                "INSERT INTO reconciliation_runs (bill_date, started_at, status, counts) "
+                "SELECT $1, $2, 'running', '{}'::jsonb WHERE NOT EXISTS (SELECT 1 FROM reconciliation_runs "
+                "WHERE bill_date = $1 AND status = 'running' AND started_at > $3) RETURNING id",
+                bill_date, at, at - RUN_STALE_AFTER)
+        return int(run_id) if run_id is not None else None
+
+    async def finish_reconciliation(self, run_id: int, *, status: str, counts: Mapping[str, int],
+                                    at: dt.datetime, error: str | None = None) -> None:
+        async with _boundary():
+            await self._pool.execute(
+                "UPDATE reconciliation_runs SET status = $1, counts = $2, finished_at = $3, error = $4 WHERE id = $5",
+                status, dict(counts), at, error, run_id)
+
+    async def reconciliation_runs(self, bill_date: dt.date) -> list[models.ReconciliationRun]:
+        async with _boundary():
+            rows = await self._pool.fetch("SELECT * FROM reconciliation_runs WHERE bill_date = $1 ORDER BY id",
+                                          bill_date)
+        return [models.ReconciliationRun(**dict(row)) for row in rows]
+
+    async def add_discrepancy(self, discrepancy: models.Discrepancy) -> bool:
+        async with _boundary():
+            status = await self._pool.execute(
+                "INSERT INTO discrepancies (bill_date, out_trade_no, category, detail, found_at) "
+                "VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+                discrepancy.bill_date, discrepancy.out_trade_no, discrepancy.category, discrepancy.detail,
+                discrepancy.found_at)
+        return status.endswith(" 1")
+
+    async def discrepancies(self, bill_date: dt.date) -> list[models.Discrepancy]:
+        async with _boundary():
+            rows = await self._pool.fetch(
+                "SELECT * FROM discrepancies WHERE bill_date = $1 ORDER BY category, out_trade_no", bill_date)
+        return [models.Discrepancy(**dict(row)) for row in rows]
+
+    async def mark_billed(self, bill_date: dt.date, out_trade_nos: Iterable[str]) -> None:
+        async with _boundary():
+            await self._pool.execute(
+                "INSERT INTO billed (out_trade_no, bill_date) SELECT unnest($1::text[]), $2 ON CONFLICT DO NOTHING",
+                list(out_trade_nos), bill_date)
+
+    async def billed(self, out_trade_nos: Iterable[str]) -> set[str]:
+        async with _boundary():
+            rows = await self._pool.fetch("SELECT out_trade_no FROM billed WHERE out_trade_no = ANY($1::text[])",
+                                          list(out_trade_nos))
+        return {row[0] for row in rows}
+
+    async def paid_between(self, start: dt.datetime, end: dt.datetime) -> list[models.Payment]:
+        return await self._payments("paid_at IS NOT NULL AND paid_at >= $1 AND paid_at < $2 ORDER BY paid_at",
+                                    start, end)
+
+    # --- reads --------------------------------------------------------------------------------
+
+    async def _payments(self, where: str, *params: Any) -> list[models.Payment]:
+        async with _boundary():
+            rows = await self._pool.fetch(f"SELECT {_COLUMNS} FROM payments WHERE {where}", *params)
+        return [_payment(row) for row in rows]
+
+    async def get(self, out_trade_no: str) -> models.Payment | None:
+        found = await self._payments("out_trade_no = $1", out_trade_no)
+        return found[0] if found else None
+
+    async def get_by_order_id(self, order_id: str) -> models.Payment | None:
+        found = await self._payments("order_id = $1", order_id)
+        return found[0] if found else None
+
+    async def list_payments(self, *, state: State | None = None, after: str | None = None,
+                            limit: int = 100) -> list[models.Payment]:
+        if state is None:
+            return await self._payments("out_trade_no > $1 ORDER BY out_trade_no LIMIT $2", after or "", limit)
+        return await self._payments("out_trade_no > $1 AND state = $3 ORDER BY out_trade_no LIMIT $2",
+                                    after or "", limit, State(state).value)
+
+    async def list_stuck(self, *, created_before: dt.datetime, expired_before: dt.datetime,
+                         after: tuple[dt.datetime, str] | None = None, limit: int = 100) -> list[models.Payment]:
+        since = after or (dt.datetime.min.replace(tzinfo=dt.UTC), "")
+        return await self._payments(
+            "((state = 'created' AND created_at < $1) OR (state = 'prepaid' AND expires_at < $2) "
+            " OR (state = 'notified' AND attempts > 0)) AND (created_at, out_trade_no) > ($3, $4) "
+            "ORDER BY created_at, out_trade_no LIMIT $5", created_before, expired_before, since[0], since[1], limit)
+
+    async def count_by_state(self) -> dict[State, int]:
+        async with _boundary():
+            rows = await self._pool.fetch("SELECT state, count(*) FROM payments GROUP BY state")
+        return {State(row[0]): row[1] for row in rows}
+
+    async def due_stats(self, now: dt.datetime) -> tuple[int, dt.datetime | None]:
+        async with _boundary():
+            row = await self._pool.fetchrow(
+                "SELECT count(*), min(next_attempt_at) FROM payments "
+                "WHERE next_attempt_at IS NOT NULL AND next_attempt_at <= $1", now)
+        return row[0], row[1]
+
+    async def events(self, out_trade_no: str) -> list[models.Event]:
+        async with _boundary():
+            rows = await self._pool.fetch("SELECT * FROM order_events WHERE out_trade_no = $1 ORDER BY id",
+                                          out_trade_no)
+        return [_event(row) for row in rows]
+
+    async def get_notification(self, notification_id: str) -> models.Notification | None:
+        async with _boundary():
+            row = await self._pool.fetchrow("SELECT * FROM notifications WHERE notification_id = $1",
+                                            notification_id)
+        return models.Notification(**dict(row)) if row is not None else None
+
+
+async def _insert_event(db: asyncpg.Connection, out_trade_no: str, from_state: State | None, to_state: State,
+                        trigger: str, source: str, detail: Mapping[str, Any] | None, at: dt.datetime) -> None:
+    await db.execute(
+        "INSERT INTO order_events (out_trade_no, from_state, to_state, trigger, source, detail, at) "
+        "VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        out_trade_no, from_state.value if from_state else None, to_state.value, trigger, str(source),
+        json.loads(_dumps(dict(detail or {}))), at)
+
+
+async def _insert_notification(db: asyncpg.Connection, notification: models.Notification) -> bool:
+    status = await db.execute(
+        "INSERT INTO notifications (notification_id, out_trade_no, event_type, outcome, resource, received_at) "
+        "VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (notification_id) DO NOTHING",
+        notification.notification_id, notification.out_trade_no, notification.event_type, notification.outcome,
+        notification.resource, notification.received_at)
+    return bool(status.endswith(" 1"))

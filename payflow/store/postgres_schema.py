@@ -1,0 +1,110 @@
+"""PostgreSQL schema: versioned migrations, applied once under an advisory lock even when replicas
+start together."""
+
+from __future__ import annotations
+
+import zlib
+
+import asyncpg
+
+from payflow.states import State
+
+STATES_SQL = ", ".join(f"'{s.value}'" for s in State)
+# One lock per database (and schema): replicas starting together migrate one after the other.
+MIGRATION_LOCK = zlib.crc32(b"payflow:migrations")
+
+MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    (
+        f"""
+        CREATE TABLE payments (
+            out_trade_no    TEXT PRIMARY KEY,
+            order_id        TEXT NOT NULL UNIQUE,
+            amount          INTEGER NOT NULL CHECK (amount > 0),
+            currency        TEXT NOT NULL,
+            description     TEXT NOT NULL,
+            openid          TEXT NOT NULL,
+            attach          TEXT,
+            state           TEXT NOT NULL CHECK (state IN ({STATES_SQL})),
+            version         INTEGER NOT NULL,
+            event_id        TEXT NOT NULL UNIQUE,
+            prepay_id       TEXT,
+            transaction_id  TEXT,
+            paid_at         TIMESTAMPTZ,
+            paid_amount     INTEGER,
+            expires_at      TIMESTAMPTZ NOT NULL,
+            next_attempt_at TIMESTAMPTZ,
+            attempts        INTEGER NOT NULL DEFAULT 0,
+            lease_token     TEXT,
+            created_at      TIMESTAMPTZ NOT NULL,
+            updated_at      TIMESTAMPTZ NOT NULL
+        )
+        """,
+        # Only scheduled payments are in this index, so a due-scan costs what is due, not the table size.
+        "CREATE INDEX payments_due ON payments (next_attempt_at) WHERE next_attempt_at IS NOT NULL",
+        "CREATE INDEX payments_paid_at ON payments (paid_at) WHERE paid_at IS NOT NULL",
+        "CREATE INDEX payments_created ON payments (created_at, out_trade_no)",
+        f"""
+        CREATE TABLE order_events (
+            id           BIGSERIAL PRIMARY KEY,
+            out_trade_no TEXT NOT NULL REFERENCES payments (out_trade_no),
+            from_state   TEXT CHECK (from_state IN ({STATES_SQL})),
+            to_state     TEXT NOT NULL CHECK (to_state IN ({STATES_SQL})),
+            trigger      TEXT NOT NULL,
+            source       TEXT NOT NULL,
+            detail       JSONB NOT NULL,
+            at           TIMESTAMPTZ NOT NULL
+        )
+        """,
+        "CREATE INDEX order_events_by_payment ON order_events (out_trade_no, id)",
+        """
+        CREATE TABLE notifications (
+            notification_id TEXT PRIMARY KEY,
+            out_trade_no    TEXT,
+            event_type      TEXT NOT NULL,
+            outcome         TEXT NOT NULL,
+            resource        JSONB NOT NULL,
+            received_at     TIMESTAMPTZ NOT NULL
+        )
+        """,
+        "CREATE INDEX notifications_by_payment ON notifications (out_trade_no)",
+        """
+        CREATE TABLE reconciliation_runs (
+            id          BIGSERIAL PRIMARY KEY,
+            bill_date   DATE NOT NULL,
+            started_at  TIMESTAMPTZ NOT NULL,
+            finished_at TIMESTAMPTZ,
+            status      TEXT NOT NULL,
+            counts      JSONB NOT NULL,
+            error       TEXT
+        )
+        """,
+        "CREATE INDEX reconciliation_runs_by_date ON reconciliation_runs (bill_date, id)",
+        """
+        CREATE TABLE discrepancies (
+            bill_date    DATE NOT NULL,
+            out_trade_no TEXT NOT NULL,
+            category     TEXT NOT NULL,
+            detail       JSONB NOT NULL,
+            found_at     TIMESTAMPTZ NOT NULL,
+            PRIMARY KEY (bill_date, out_trade_no, category)
+        )
+        """,
+        "CREATE TABLE billed (out_trade_no TEXT PRIMARY KEY, bill_date DATE NOT NULL)",
+    ),
+)
+
+
+async def migrate(connection: asyncpg.Connection) -> None:
+    await connection.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK)
+    try:
+        await connection.execute("CREATE TABLE IF NOT EXISTS payflow_schema (version INTEGER NOT NULL)")
+        version = await connection.fetchval("SELECT max(version) FROM payflow_schema") or 0
+        if version > len(MIGRATIONS):
+            raise RuntimeError(f"database schema v{version} is newer than this payflow (v{len(MIGRATIONS)})")
+        for number in range(version, len(MIGRATIONS)):
+            async with connection.transaction():
+                for statement in MIGRATIONS[number]:
+                    await connection.execute(statement)
+                await connection.execute("INSERT INTO payflow_schema (version) VALUES ($1)", number + 1)
+    finally:
+        await connection.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK)

@@ -1,0 +1,80 @@
+"""PostgreSQL-only behaviour: recovery after the database drops every connection, migrations under
+an advisory lock, driver errors mapped at the boundary."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import asyncpg
+import pytest
+
+from payflow import errors
+from payflow.states import Source
+from payflow.store import open_store
+from payflow.store.postgres import PostgresStore
+from payflow.store.postgres_schema import MIGRATIONS
+from tests import factories
+from tests.contract.conftest import POSTGRES
+
+
+@pytest.fixture
+async def schema_url() -> AsyncIterator[tuple[str, str]]:
+    import uuid
+
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    admin = await asyncpg.connect(POSTGRES)
+    await admin.execute(f"CREATE SCHEMA {schema}")
+    try:
+        yield schema, f"{POSTGRES}?search_path={schema}&application_name=payflow-{schema}"
+    finally:
+        await admin.execute(f"DROP SCHEMA {schema} CASCADE")
+        await admin.close()
+
+
+async def test_replicas_starting_together_migrate_once(schema_url: tuple[str, str]) -> None:
+    schema, url = schema_url
+    stores = await asyncio.gather(*(open_store(url) for _ in range(4)))
+    try:
+        admin = await asyncpg.connect(POSTGRES)
+        try:
+            versions = await admin.fetch(f"SELECT version FROM {schema}.payflow_schema ORDER BY version")
+        finally:
+            await admin.close()
+        assert [v[0] for v in versions] == list(range(1, len(MIGRATIONS) + 1))
+    finally:
+        for store in stores:
+            await store.close()
+
+
+async def test_the_pool_recovers_after_the_database_drops_every_connection(schema_url: tuple[str, str]) -> None:
+    schema, url = schema_url
+    store = await open_store(url)
+    assert isinstance(store, PostgresStore)
+    try:
+        payment = await store.create(factories.payment(), source=Source.API, detail={})
+        admin = await asyncpg.connect(POSTGRES)
+        try:
+            # What a database restart does to a client: every server connection is gone.
+            await admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                                "WHERE application_name = $1", f"payflow-{schema}")
+        finally:
+            await admin.close()
+        failures = 0
+        for _ in range(20):
+            try:
+                await store.ping()
+                break
+            except errors.StoreUnavailable:  # what /readyz and the API answer with (503) meanwhile
+                failures += 1
+        else:
+            pytest.fail("the store never recovered")
+        assert failures <= 10
+        assert await store.get(payment.out_trade_no) == payment  # nothing acknowledged was lost
+    finally:
+        await store.close()
+
+
+async def test_an_unreachable_database_is_a_store_error() -> None:
+    with pytest.raises(errors.StoreUnavailable):
+        await open_store("postgresql://postgres@127.0.0.1:1/test")
