@@ -83,7 +83,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except errors.PayflowError as exc:
         status = _status_of(request, exc)
         extra: dict[str, Any] = {}
-        if isinstance(exc, errors.InvalidRequest) and exc.field:
+        if isinstance(exc, errors.InvalidRequest) and exc.field is not None:
             extra["field"] = exc.field
         if isinstance(exc, errors.WechatError) and exc.wechat_code:
             extra["wechat_code"] = exc.wechat_code
@@ -99,7 +99,10 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         code = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}.get(
             exc.status, exc.reason.lower().replace(" ", "_"))
         message = exc.text if exc.text and not exc.text.startswith(f"{exc.status}:") else exc.reason
-        return _error(request, exc.status, code, message)
+        response = _error(request, exc.status, code, message)
+        if "Allow" in exc.headers:  # a 405 must say what is allowed (RFC 9110)
+            response.headers["Allow"] = exc.headers["Allow"]
+        return response
     except Exception:
         # The trace goes to the log, never to the client.
         log.exception("request.crashed", method=request.method, path=request.path)

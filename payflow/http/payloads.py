@@ -36,7 +36,9 @@ async def read_json_object(request: web.Request) -> dict[str, Any]:
     raw = await request.read()  # raises 413 past the app's client_max_size
     try:
         body = json.loads(raw)
-    except (UnicodeDecodeError, ValueError) as exc:
+        # Lone surrogates ("\ud800") decode fine but cannot be stored or logged as UTF-8; refuse them here.
+        json.dumps(body, ensure_ascii=False).encode()
+    except (ValueError, RecursionError) as exc:
         raise BadJson(f"the body is not valid JSON: {exc}") from None
     if not isinstance(body, dict):
         raise BadJson("the body must be a JSON object")
@@ -46,6 +48,8 @@ async def read_json_object(request: web.Request) -> dict[str, Any]:
 def date_param(value: str | None) -> dt.date:
     if not value:
         raise errors.InvalidRequest("date is required (YYYY-MM-DD)", field="date")
+    if not re.fullmatch(r"[0-9]{4}-[0-9]{2}-[0-9]{2}", value):
+        raise errors.InvalidRequest(f"date {value!r} is not YYYY-MM-DD", field="date")
     try:
         return dt.date.fromisoformat(value)
     except ValueError:
@@ -66,14 +70,12 @@ def note(body: dict[str, Any]) -> str:
 
 def listing(query: Mapping[str, str]) -> tuple[str | None, int, str | None]:
     """(state or "stuck" or None, limit, cursor) of `GET /v1/admin/payments`."""
-    state = query.get("state") or None
+    state = query.get("state")
     if state is not None and state != STUCK and state not in {s.value for s in State}:
         raise errors.InvalidRequest(f"state must be one of {', '.join(s.value for s in State)} or stuck",
                                     field="state")
-    try:
-        limit = int(query.get("limit", "50"))
-    except ValueError:
-        limit = -1
+    raw = query.get("limit", "50")
+    limit = int(raw) if re.fullmatch(r"[0-9]{1,3}", raw) else -1
     if not 1 <= limit <= MAX_LIMIT:
         raise errors.InvalidRequest(f"limit must be an integer between 1 and {MAX_LIMIT}", field="limit")
     return state, limit, query.get("cursor") or None
@@ -88,7 +90,7 @@ def decode_cursor(cursor: str, size: int) -> list[str]:
         parts = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
         if isinstance(parts, list) and len(parts) == size and all(isinstance(p, str) for p in parts):
             return parts
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, RecursionError):
         pass
     raise errors.InvalidRequest("cursor is not one this API handed out", field="cursor")
 
@@ -96,7 +98,8 @@ def decode_cursor(cursor: str, size: int) -> list[str]:
 def iso_datetime(value: str) -> dt.datetime:
     try:
         moment = dt.datetime.fromisoformat(value)
-    except ValueError:
+        moment.astimezone(dt.UTC)  # year 1 at +01:00 has no UTC instant
+    except (ValueError, OverflowError):
         moment = None
     if moment is None or moment.tzinfo is None:
         raise errors.InvalidRequest("cursor is not one this API handed out", field="cursor")

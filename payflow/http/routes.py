@@ -7,7 +7,7 @@ from typing import Any
 from aiohttp import web
 
 from payflow import models
-from payflow.http import keys, payloads
+from payflow.http import keys, openapi, payloads
 from payflow.http.middlewares import requires
 from payflow.metrics import CONTENT_TYPE
 from payflow.service.operating import stuck_thresholds
@@ -119,3 +119,4 @@ def setup(app: web.Application) -> None:
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
+    openapi.setup(app)

@@ -43,6 +43,9 @@ class Operating(ServiceCore):
             raise errors.NotFound(f"no operator action {action!r}")
         if payment.state not in _APPLIES[action]:
             raise ActionNotApplicable(action, payment.state)
+        if action == "requeue" and payment.transaction_id is None:
+            # Flagged before WeChat ever confirmed a payment: there is nothing to tell the backend.
+            raise ActionNotApplicable(action, payment.state)
         with logs.bound(out_trade_no=out_trade_no, action=action):
             log.info("admin.action_requested", note=note)
             if action in ("requeue", "dismiss"):

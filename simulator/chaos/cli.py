@@ -36,6 +36,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--crashes", type=int, default=2, help="SIGKILLs of payflow during the run (default 2)")
     parser.add_argument("--no-faults", action="store_true", help="turn every injected fault off (crashes stay)")
     parser.add_argument("--keep", type=pathlib.Path, metavar="DIR", help="keep keys, database and logs in DIR")
+    parser.add_argument("--replicas", type=int, default=1,
+                        help="payflow processes behind a round-robin proxy (needs --database postgresql://...)")
+    parser.add_argument("--database", metavar="URL",
+                        help="postgresql://... (each run uses a fresh schema); default: a temporary SQLite file")
+    parser.add_argument("--db-restart", action="store_true", help="restart PostgreSQL once mid-run")
     wechat_faults.add_arguments(parser)
     parser.set_defaults(**CHAOS_WECHAT)
     BackendFaults.add_arguments(parser, prefix="backend-")
@@ -46,6 +51,14 @@ def _options(args: argparse.Namespace, strategy: str) -> Options:
         raise ValueError("--orders must be at least 1")
     if args.crashes < 0:
         raise ValueError("--crashes must not be negative")
+    if args.replicas < 1:
+        raise ValueError("--replicas must be at least 1")
+    if args.database is not None and not args.database.startswith(("postgresql://", "postgres://")):
+        raise ValueError("--database must be a postgresql:// URL")
+    if args.replicas > 1 and args.database is None:
+        raise ValueError("--replicas > 1 needs a shared database: --database postgresql://...")
+    if args.db_restart and args.database is None:
+        raise ValueError("--db-restart needs --database postgresql://...")
     wechat = wechat_faults.from_args(args)
     given = BackendFaults.from_args(args, prefix="backend-")
     explicit = {f.name: getattr(given, f.name) for f in dataclasses.fields(BackendFaults)
@@ -54,7 +67,8 @@ def _options(args: argparse.Namespace, strategy: str) -> Options:
     if args.no_faults:
         wechat, backend = wechat_faults.WechatFaults(), BackendFaults()
     return Options(orders=args.orders, seed=args.seed, strategy=strategy, crashes=args.crashes, wechat=wechat,
-                   backend=backend, progress=True)
+                   backend=backend, progress=True, replicas=args.replicas, database=args.database,
+                   db_restart=args.db_restart)
 
 
 def main(args: argparse.Namespace) -> int:

@@ -9,10 +9,12 @@ import dataclasses
 import datetime as dt
 import json
 import pathlib
+import random
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+import uuid
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import aiohttp
@@ -20,6 +22,7 @@ from aiohttp import web
 from aiohttp.test_utils import unused_port
 
 from payflow import devkeys, logs
+from payflow.errors import StoreUnavailable
 from payflow.states import State
 from payflow.store import PaymentStore, open_store
 from simulator import backend as backend_sim
@@ -27,6 +30,7 @@ from simulator.backend_faults import BackendFaults
 from simulator.chaos import checks, scenario
 from simulator.chaos.process import ROOT, PayflowProcess, base_env
 from simulator.faults import WechatFaults
+from simulator.proxy import create_app as proxy_app
 from simulator.wechat.app import create_app as create_wechat_sim
 from simulator.wechat.appkeys import LEDGER
 
@@ -65,6 +69,9 @@ class Options:
     settle_timeout: float = 90.0
     progress: bool = True
     env: dict[str, str] = dataclasses.field(default_factory=dict)  # PAYFLOW_* overrides, applied last
+    replicas: int = 1
+    database: str | None = None  # postgresql://... (a fresh schema per run); None: a temporary SQLite file
+    db_restart: bool = False  # restart PostgreSQL once mid-run
 
 
 @dataclasses.dataclass
@@ -94,6 +101,8 @@ class Run:
         self.crash_times: list[float] = []
         self.started = 0.0
         self.done_payers = 0
+        self.db_restarts = 0
+        self.keep = False
 
     def elapsed(self) -> float:
         return time.monotonic() - self.started
@@ -115,13 +124,25 @@ class Run:
                 host, port = runner.addresses[0][:2]
                 urls.append(f"http://{host}:{port}")
                 runners.append(runner)
-            port = unused_port()
-            self.payflow_url = f"http://127.0.0.1:{port}"
+            ports = [unused_port() for _ in range(options.replicas)]
+            database = f"sqlite:///{self.workdir / 'payflow.db'}"
+            if options.database:
+                database = await stack.enter_async_context(fresh_schema(options.database, keep=self.keep))
+            if options.replicas > 1:
+                # Payers and WeChat's notifications reach the replicas through one round-robin proxy.
+                proxy = web.AppRunner(proxy_app([f"http://127.0.0.1:{p}" for p in ports]), access_log=None,
+                                      handle_signals=False)
+                await proxy.setup()
+                stack.push_async_callback(proxy.cleanup)
+                await web.TCPSite(proxy, "127.0.0.1", 0).start()
+                host, proxy_port = proxy.addresses[0][:2]
+                self.payflow_url = f"http://{host}:{proxy_port}"
+            else:
+                self.payflow_url = f"http://127.0.0.1:{ports[0]}"
             env = base_env()
             env.update(devkeys.env_lines(keys, payflow_url=self.payflow_url, wechat_url=urls[0],
                                          backend_url=urls[1] + devkeys.BACKEND_SIM_PATH))
-            env.update(TUNING, PAYFLOW_PORT=str(port), PAYFLOW_PAYMENT_TTL=f"{int(options.ttl)}s",
-                       PAYFLOW_DATABASE_URL=f"sqlite:///{self.workdir / 'payflow.db'}",
+            env.update(TUNING, PAYFLOW_PAYMENT_TTL=f"{int(options.ttl)}s", PAYFLOW_DATABASE_URL=database,
                        PAYFLOW_API_TOKEN="chaos-api", PAYFLOW_ADMIN_TOKEN="chaos-admin")
             if options.strategy == "naive":
                 env.update(NAIVE)
@@ -129,17 +150,20 @@ class Run:
             self.env = env
             self.wechat_url = urls[0]
             self.wechat_app, self.backend_app = wechat_app, backend_app
-            self.payflow = PayflowProcess(env, self.workdir / "payflow.log")
-            await self.payflow.start()
-            stack.push_async_callback(self.payflow.kill)
-            self.store = await open_store(env["PAYFLOW_DATABASE_URL"])
+            self.replicas = [PayflowProcess({**env, "PAYFLOW_PORT": str(port)}, self.workdir / f"payflow-{i}.log")
+                             for i, port in enumerate(ports)]
+            for replica in self.replicas:
+                await replica.start()
+                stack.push_async_callback(replica.kill)
+            self.store = await open_store(database)
             stack.push_async_callback(self.store.close)
             self.http = await stack.enter_async_context(aiohttp.ClientSession(
                 timeout=aiohttp.ClientTimeout(total=10), headers={"Authorization": "Bearer chaos-api"}))
             self.started = time.monotonic()
             sampler = asyncio.create_task(self._sample(), name="chaos-sampler")
             try:
-                await asyncio.gather(self._crasher(), *(self._payer(o) for o in self.plan.orders))
+                await asyncio.gather(self._crasher(), self._db_restarter(),
+                                     *(self._payer(o) for o in self.plan.orders))
                 await self._settle()
                 if options.strategy != "naive":
                     await self._reconcile()
@@ -149,8 +173,8 @@ class Run:
                     await sampler
             counts = {state.value: n for state, n in (await self.store.count_by_state()).items()}
             self.timeline.append({"t": round(self.elapsed(), 2), **counts})  # the end state, after reconciliation
-            exit_code = await self.payflow.stop()
-            return await self._outcome(exit_code)
+            exit_codes = [await replica.stop() for replica in self.replicas]
+            return await self._outcome(max((c for c in exit_codes if c is not None), default=None))
 
     # --- the payers ---------------------------------------------------------------------------
 
@@ -204,25 +228,49 @@ class Run:
 
     # --- payflow's life -----------------------------------------------------------------------
 
+    @property
+    def kills(self) -> int:
+        return sum(replica.kills for replica in self.replicas)
+
     async def _crasher(self) -> None:
+        rng = random.Random(f"chaos-crash:{self.options.seed}")
         for moment in self.plan.crashes:
             await self._at(moment)
             self.crash_times.append(round(self.elapsed(), 2))
-            await self.payflow.kill()
-            await asyncio.sleep(0.5)
-            await self.payflow.start()
+            # With replicas, one at random dies; the others keep serving (always at least one alive).
+            victim = self.replicas[rng.randrange(len(self.replicas))]
+            await victim.kill()
+            await asyncio.sleep(0.5 if len(self.replicas) == 1 else 2.0)
+            await victim.start()
+
+    async def _db_restarter(self) -> None:
+        if not self.options.db_restart:
+            return
+        await self._at(self.plan.crashes[-1] + 3.0 if self.plan.crashes else 10.0)
+        self.db_restarts = 1
+        process = await asyncio.create_subprocess_shell(
+            "pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main restart",
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
+        _, err = await process.communicate()
+        if process.returncode != 0:
+            raise RuntimeError(f"restarting PostgreSQL failed: {err.decode().strip()}")
+        self.db_restart_time = round(self.elapsed(), 2)
 
     async def _sample(self) -> None:
         last_print = 0.0
         while True:
-            counts = {state.value: n for state, n in (await self.store.count_by_state()).items()}
+            try:
+                counts = {state.value: n for state, n in (await self.store.count_by_state()).items()}
+            except StoreUnavailable:  # the database is restarting: sample again in a moment
+                await asyncio.sleep(0.5)
+                continue
             self.timeline.append({"t": round(self.elapsed(), 2), **counts})
             if self.options.progress and self.elapsed() - last_print >= 1.0:
                 last_print = self.elapsed()
                 line = (f"[{self.elapsed():6.1f}s] payers {self.done_payers}/{len(self.plan.orders)} · "
                         f"paid at WeChat {len(self.paid_at_wechat)} · "
                         + " ".join(f"{k} {v}" for k, v in sorted(counts.items()))
-                        + f" · crashes {self.payflow.kills}")
+                        + f" · crashes {self.kills}")
                 tty = sys.stderr.isatty()
                 print(f"\r{line:<120}" if tty else line, file=sys.stderr, end="" if tty else "\n", flush=True)
             await asyncio.sleep(0.5)
@@ -231,7 +279,11 @@ class Run:
         """Wait until nothing is left to re-drive (or the deadline: then the invariants will say why)."""
         async with asyncio.timeout(self.options.settle_timeout):
             while True:
-                counts = await self.store.count_by_state()
+                try:
+                    counts = await self.store.count_by_state()
+                except StoreUnavailable:
+                    await asyncio.sleep(0.5)
+                    continue
                 if not any(counts.get(s, 0) for s in UNSETTLED):
                     return
                 if self.options.strategy == "naive":
@@ -268,6 +320,29 @@ class Run:
         return await report.build(self, exit_code)
 
 
+@contextlib.asynccontextmanager
+async def fresh_schema(url: str, *, keep: bool) -> AsyncIterator[str]:
+    """A new schema in the given PostgreSQL database for this run (dropped afterwards unless kept)."""
+    import asyncpg
+
+    schema = f"chaos_{uuid.uuid4().hex[:10]}"
+    admin = await asyncpg.connect(url)
+    try:
+        await admin.execute(f"CREATE SCHEMA {schema}")
+    finally:
+        await admin.close()
+    separator = "&" if "?" in url else "?"
+    try:
+        yield f"{url}{separator}search_path={schema}"
+    finally:
+        if not keep:
+            admin = await asyncpg.connect(url)
+            try:
+                await admin.execute(f"DROP SCHEMA {schema} CASCADE")
+            finally:
+                await admin.close()
+
+
 async def simulate(options: Options, keep: pathlib.Path | None = None,
                    on_workdir: Callable[[pathlib.Path], None] | None = None) -> Outcome:
     with tempfile.TemporaryDirectory(prefix="payflow-chaos-") as tmp:
@@ -275,7 +350,9 @@ async def simulate(options: Options, keep: pathlib.Path | None = None,
         workdir.mkdir(parents=True, exist_ok=True)
         if on_workdir:
             on_workdir(workdir)
-        return await Run(options, workdir).execute()
+        run = Run(options, workdir)
+        run.keep = keep is not None
+        return await run.execute()
 
 
 async def read_store(store: PaymentStore) -> dict[str, dict[str, Any]]:

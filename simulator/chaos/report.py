@@ -69,7 +69,10 @@ async def build(run: Run, exit_code: int | None) -> Outcome:
         "paid_at_wechat": sum(1 for t in wechat.values() if t["trade_state"] in ("SUCCESS", "REFUND")),
         "paid_at_backend": sum(1 for b in backend.values() if b["status"] == "paid"),
         "paid_at_wechat_not_at_backend": len(invariants[0].failures),
-        "crashes": run.payflow.kills, "crash_times": run.crash_times, "payflow_exit_on_sigterm": exit_code,
+        "crashes": run.kills, "crash_times": run.crash_times, "payflow_exit_on_sigterm": exit_code,
+        "replicas": len(run.replicas), "database": "postgresql" if run.options.database else "sqlite",
+        "db_restarts": run.db_restarts,
+        "duplicate_deliveries": sum(b["duplicates"] or 0 for b in backend.values()),
         "faults": {"wechat_notifications": dict(notifier), "wechat": dict(run.wechat_app[FAULTS].injected),
                    "backend": dict(run.backend_app[backend_sim.FAULTS].injected)},
         "time_to_backend_seconds": _percentiles(latencies),
@@ -96,7 +99,8 @@ def render(outcome: Outcome) -> str:
     faults = s["faults"]
     lines = [
         f"simulate-chaos · strategy {s['strategy']} · seed {s['seed']} · {s['orders']} orders · "
-        f"{s['wall_seconds']} s · payflow SIGKILLed {s['crashes']}×",
+        f"{s['wall_seconds']} s · {s['replicas']} replica(s) on {s['database']} · payflow SIGKILLed "
+        f"{s['crashes']}×" + (f" · PostgreSQL restarted {s['db_restarts']}×" if s["db_restarts"] else ""),
         "",
         f"  scenario            {_kv(s['scenario'])}",
         f"  payflow states      {_kv(s['payflow_states'])}",

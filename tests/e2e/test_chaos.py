@@ -11,12 +11,13 @@ import signal
 import sys
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
+POSTGRES = os.environ.get("PAYFLOW_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
 
 
-async def _chaos(tmp: pathlib.Path, strategy: str) -> tuple[int, dict]:  # type: ignore[type-arg]
-    out = tmp / f"{strategy}.json"
+async def _chaos(tmp: pathlib.Path, name: str, *args: str) -> tuple[int, dict]:  # type: ignore[type-arg]
+    out = tmp / f"{name}.json"
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "run.py", "simulate-chaos", "--orders", "50", "--seed", "7", "--strategy", strategy,
+        sys.executable, "run.py", "simulate-chaos", "--orders", "50", "--seed", "7", *args,
         "--json", str(out), cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
         env={k: v for k, v in os.environ.items() if not k.startswith("PAYFLOW_")},
         start_new_session=True)  # its own process group: payflow children die with it on failure
@@ -31,8 +32,11 @@ async def _chaos(tmp: pathlib.Path, strategy: str) -> tuple[int, dict]:  # type:
 
 
 async def test_small_seeded_chaos_run(tmp_path: pathlib.Path) -> None:
-    (code, report), (naive_code, naive) = await asyncio.gather(_chaos(tmp_path, "payflow"),
-                                                               _chaos(tmp_path, "naive"))
+    # Three scenarios at once (the run time is mostly WeChat's one-minute minimum order lifetime).
+    (code, report), (naive_code, naive), (replicas_code, replicas) = await asyncio.gather(
+        _chaos(tmp_path, "payflow"),
+        _chaos(tmp_path, "naive", "--strategy", "naive"),
+        _chaos(tmp_path, "replicas", "--replicas", "3", "--crashes", "3", "--database", POSTGRES, "--db-restart"))
     failures = {i["name"]: i["failures"][:5] for i in report["invariants"] if not i["holds"]}
     assert code == 0 and report["ok"], failures
     assert [i["name"] for i in report["invariants"]] == ["I1", "I2", "I3", "I4", "I5", "I6"]
@@ -44,3 +48,10 @@ async def test_small_seeded_chaos_run(tmp_path: pathlib.Path) -> None:
     # The same scenario under the seed's design: forwarded once, nothing re-drives it.
     assert naive_code == 1 and not naive["ok"]
     assert naive["summary"]["paid_at_wechat_not_at_backend"] > 0
+    # Three replicas on PostgreSQL behind a proxy, three of them SIGKILLed, the database restarted once.
+    failures = {i["name"]: i["failures"][:5] for i in replicas["invariants"] if not i["holds"]}
+    assert replicas_code == 0 and replicas["ok"], failures
+    summary = replicas["summary"]
+    assert summary["replicas"] == 3 and summary["database"] == "postgresql"
+    assert summary["crashes"] == 3 and summary["db_restarts"] == 1
+    assert summary["paid_at_wechat_not_at_backend"] == 0
