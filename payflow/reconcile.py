@@ -22,6 +22,8 @@ log = logs.get_logger(__name__)
 # that no bill listed a BANK_MISS.
 BANK_MISS_AFTER_DAYS = 3
 
+MATCH_CONCURRENCY = 64
+
 CATEGORIES = ("AMOUNT_MISMATCH", "PLATFORM_MISS", "BANK_MISS", "PAID_AFTER_CLOSE", "REFUND")
 
 
@@ -91,9 +93,19 @@ class Reconciler:
         successes = [line for line in lines if line.trade_state == "SUCCESS"]
         refunded = {line.out_trade_no for line in lines if line.trade_state == "REFUND"}
         await self.store.mark_billed(bill_date, [line.out_trade_no for line in successes])
-        for line in successes:
+        gate = asyncio.Semaphore(MATCH_CONCURRENCY)
+
+        async def match(line: BillLine) -> None:
             # A payment refunded the same day is not settled business: its REFUND line decides it below.
-            counts["refunded" if line.out_trade_no in refunded else await self._success(bill_date, line)] += 1
+            if line.out_trade_no in refunded:
+                counts["refunded"] += 1
+                return
+            async with gate:
+                counts[await self._success(bill_date, line)] += 1
+
+        # Lines are independent (one payment each); matching them concurrently lets their transitions
+        # share commits instead of paying one fsync per line.
+        await asyncio.gather(*(match(line) for line in successes))
         for line in lines:
             if line.trade_state == "REFUND":
                 counts[await self._refund(bill_date, line)] += 1

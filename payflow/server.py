@@ -84,5 +84,6 @@ def _config_error(problems: list[str]) -> int:
     print("payflow serve: cannot start:", file=sys.stderr)
     for problem in problems:
         print(f"  - {problem}", file=sys.stderr)
-    print("Set them in the environment (see README 'Configuration').", file=sys.stderr)
+    print("Set them in the environment (see README 'Configuration'), or try everything locally with "
+          "`python run.py serve --dev` (bundled simulators, development keys).", file=sys.stderr)
     return EXIT_CONFIG
