@@ -33,7 +33,8 @@ def configure_logging(fmt: str | None = None, level: int | str = logging.INFO) -
         renderer = structlog.dev.ConsoleRenderer(colors=False)
 
     structlog.configure(
-        processors=[*_SHARED, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
+        # Dropping below-level events first means a disabled debug line costs a level check, not a render.
+        processors=[structlog.stdlib.filter_by_level, *_SHARED, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
         logger_factory=structlog.stdlib.LoggerFactory(),
         wrapper_class=structlog.stdlib.BoundLogger,
         cache_logger_on_first_use=True,

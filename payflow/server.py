@@ -69,7 +69,7 @@ def run_serve(environ: Mapping[str, str], *, host: str | None, port: int | None)
     problems = check_serve_settings(settings)
     if problems:
         return _config_error(problems)
-    logs.configure_logging(settings.log_format)
+    logs.configure_logging(settings.log_format, settings.log_level)
     try:
         asyncio.run(serve(settings))
     except errors.SettingsError as exc:

@@ -83,6 +83,7 @@ class Settings:
     payment_ttl: float = 2 * 3600.0
     sweep_interval: float = 5.0
     log_format: str | None = None  # None: JSON when stderr is not a TTY
+    log_level: str = "INFO"
     # Beyond the contract of DESIGN §6.4 (documented in README); chaos runs compress them.
     created_grace: float = 10.0  # first query of a payment whose placement outcome is unknown
     placement_grace: float = 60.0  # absent at WeChat this long after creation → never placed → close
@@ -161,6 +162,10 @@ class Settings:
                 values["wechat_rate"] = -1.0
             if not 0 < float(values["wechat_rate"]) <= 10000:  # type: ignore[arg-type]
                 raise errors.SettingsError(f"PAYFLOW_WECHAT_RATE: {rate!r} is not a rate in calls per second")
+        if (level := get("PAYFLOW_LOG_LEVEL")) is not None:
+            if level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+                raise errors.SettingsError(f"PAYFLOW_LOG_LEVEL: {level!r} is not one of DEBUG, INFO, WARNING, ERROR")
+            values["log_level"] = level.upper()
         if (fmt := get("PAYFLOW_LOG_FORMAT")) is not None:
             if fmt not in ("json", "console"):
                 raise errors.SettingsError(f"PAYFLOW_LOG_FORMAT: {fmt!r} is not one of json, console")

@@ -94,7 +94,8 @@ class ServiceCore:
             lease_token=lease_token,
         )
         self.metrics.transitions.labels(trigger=trigger.value, source=source.value).inc()
-        log.info("payment.transitioned", out_trade_no=payment.out_trade_no, trigger=trigger.value,
+        # DEBUG: every transition is already an order_events row; one INFO line per request is enough.
+        log.debug("payment.transitioned", out_trade_no=payment.out_trade_no, trigger=trigger.value,
                  source=source.value, from_state=payment.state.value, state=to.value)
         return moved
 

@@ -26,7 +26,7 @@ class Forwarding(ServiceCore):
             detail = {"event_id": payment.event_id, "attempt": payment.attempts + 1, **delivery.detail()}
             self.metrics.forwards.labels(outcome=delivery.outcome).inc()
             if delivery.outcome == "acked":
-                log.info("forward.acknowledged", status=delivery.status)
+                log.debug("forward.acknowledged", status=delivery.status)
                 return await self._apply(payment, Trigger.SYNC, source=Source.BACKEND, detail=detail)
             if delivery.outcome == "rejected":
                 log.error("alert.backend_rejected", status=delivery.status, body=delivery.body)
