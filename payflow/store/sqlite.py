@@ -129,21 +129,21 @@ class SqliteStore(PaymentStore):
         params = [ts(v) if isinstance(v, dt.datetime) else v for v in values.values()]
 
         async def work(db: aiosqlite.Connection) -> models.Payment:
-            cursor = await db.execute(
+            rows = list(await db.execute_fetchall(
                 f"UPDATE payments SET state = ?, version = version + 1, lease_token = ?, "
                 f"updated_at = ?, {assignments} "
-                f"WHERE out_trade_no = ? AND state = ? AND version = ?",
+                f"WHERE out_trade_no = ? AND state = ? AND version = ? RETURNING {PAYMENT_COLUMNS}",
                 (to.value, lease_token, ts(at), *params, payment.out_trade_no, payment.state.value,
                  payment.version),
-            )
-            if cursor.rowcount != 1:
+            ))
+            if len(rows) != 1:
                 raise errors.StaleState(
                     f"payment {payment.out_trade_no} is no longer {payment.state.value} v{payment.version}"
                 )
             await insert_event(db, payment.out_trade_no, payment.state, to, trigger.value, source, detail, at)
             if notification is not None:
                 await insert_notification(db, notification)
-            return payment_row(await select_payment(db, payment.out_trade_no))
+            return payment_row(rows[0])
 
         return await self.writes.submit(work)
 
@@ -154,16 +154,17 @@ class SqliteStore(PaymentStore):
             next_attempt_at = None
 
         async def work(db: aiosqlite.Connection) -> models.Payment:
-            cursor = await db.execute(
+            rows = list(await db.execute_fetchall(
                 "UPDATE payments SET next_attempt_at = ?, attempts = ?, lease_token = NULL, "
                 "version = version + 1, updated_at = ? "
-                "WHERE out_trade_no = ? AND state = ? AND version = ? AND lease_token IS ?",
+                "WHERE out_trade_no = ? AND state = ? AND version = ? AND lease_token IS ? "
+                f"RETURNING {PAYMENT_COLUMNS}",
                 (ts(next_attempt_at), attempts, ts(at), payment.out_trade_no, payment.state.value,
                  payment.version, payment.lease_token),
-            )
-            if cursor.rowcount != 1:
+            ))
+            if len(rows) != 1:
                 raise errors.StaleState(f"payment {payment.out_trade_no} changed or lost its lease")
-            return payment_row(await select_payment(db, payment.out_trade_no))
+            return payment_row(rows[0])
 
         return await self.writes.submit(work)
 
@@ -271,8 +272,8 @@ class SqliteStore(PaymentStore):
 
     async def _fetchall(self, sql: str, params: tuple[Any, ...]) -> list[sqlite3.Row]:
         try:
-            async with self._reader.execute(sql, params) as cursor:
-                return list(await cursor.fetchall())
+            # One trip to the connection's thread (execute + fetchall + close), not three.
+            return list(await self._reader.execute_fetchall(sql, params))
         except sqlite3.Error as exc:
             raise errors.StoreUnavailable(f"SQLite read failed: {exc}") from exc
 

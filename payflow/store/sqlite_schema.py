@@ -212,10 +212,8 @@ async def migrate(db: aiosqlite.Connection) -> None:
 
 
 async def select_payment(db: aiosqlite.Connection, out_trade_no: str) -> sqlite3.Row:
-    async with db.execute(f"SELECT {PAYMENT_COLUMNS} FROM payments WHERE out_trade_no = ?",
-                          (out_trade_no,)) as cursor:
-        row = await cursor.fetchone()
-    assert row is not None
+    [row] = await db.execute_fetchall(f"SELECT {PAYMENT_COLUMNS} FROM payments WHERE out_trade_no = ?",
+                                      (out_trade_no,))
     return row
 
 
