@@ -1,0 +1,1 @@
+"""Shared machinery of the notification benchmarks: fixtures, processes, the load generator, the references."""
