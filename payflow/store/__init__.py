@@ -7,7 +7,7 @@ import datetime as dt
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from payflow import errors, models
+from payflow import errors, models, states
 from payflow.states import State, Trigger
 
 # Columns a transition or reschedule may change besides state and version.
@@ -16,6 +16,24 @@ CHANGEABLE = frozenset({"prepay_id", "transaction_id", "paid_at", "paid_amount",
 UNSCHEDULED = frozenset({State.SYNCED, State.RECONCILED, State.CLOSED, State.NEEDS_REVIEW})
 # A reconciliation run still `running` after this long is taken to have died with its process.
 RUN_STALE_AFTER = dt.timedelta(hours=1)
+
+
+def transition_changes(
+    payment: models.Payment, to: State, trigger: Trigger, changes: Mapping[str, Any] | None
+) -> dict[str, Any]:
+    """What a backend writes besides state and version, after checking the step against the table (so no
+    caller can write a step the state machine does not have). Attempts restart; unscheduled states drop
+    their schedule."""
+    if states.destination(payment.state, trigger) is not to:
+        raise errors.IllegalTransition(payment.state.value, trigger.value)
+    values = dict(changes or {})
+    unknown = set(values) - CHANGEABLE
+    if unknown:
+        raise ValueError(f"transition cannot change {sorted(unknown)}")
+    values.setdefault("attempts", 0)
+    if to in UNSCHEDULED:
+        values["next_attempt_at"] = None
+    return values
 
 
 class PaymentStore(abc.ABC):

@@ -15,9 +15,9 @@ from typing import Any
 
 import asyncpg
 
-from payflow import errors, models, states
+from payflow import errors, models
 from payflow.states import State, Trigger
-from payflow.store import CHANGEABLE, RUN_STALE_AFTER, UNSCHEDULED, PaymentStore
+from payflow.store import RUN_STALE_AFTER, UNSCHEDULED, PaymentStore, transition_changes
 from payflow.store.postgres_schema import migrate
 
 _COLUMNS = (
@@ -124,15 +124,7 @@ class PostgresStore(PaymentStore):
         lease_token: str | None = None,
     ) -> models.Payment:
         to, trigger = State(to), Trigger(trigger)
-        if states.destination(payment.state, trigger) is not to:
-            raise errors.IllegalTransition(payment.state.value, trigger.value)
-        values = dict(changes or {})
-        unknown = set(values) - CHANGEABLE
-        if unknown:
-            raise ValueError(f"transition cannot change {sorted(unknown)}")
-        values.setdefault("attempts", 0)
-        if to in UNSCHEDULED:
-            values["next_attempt_at"] = None
+        values = transition_changes(payment, to, trigger, changes)
         assignments = ", ".join(f"{column} = ${i}" for i, column in enumerate(values, start=7))
         async with _boundary(), self._pool.acquire() as db, db.transaction():
             row = await db.fetchrow(

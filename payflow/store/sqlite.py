@@ -16,9 +16,9 @@ from typing import Any
 
 import aiosqlite
 
-from payflow import errors, models, states
+from payflow import errors, models
 from payflow.states import State, Trigger
-from payflow.store import CHANGEABLE, RUN_STALE_AFTER, UNSCHEDULED, PaymentStore
+from payflow.store import RUN_STALE_AFTER, UNSCHEDULED, PaymentStore, transition_changes
 from payflow.store.group_commit import GroupCommitWriter
 from payflow.store.sqlite_schema import (
     MIGRATIONS,
@@ -115,16 +115,7 @@ class SqliteStore(PaymentStore):
         lease_token: str | None = None,
     ) -> models.Payment:
         to, trigger = State(to), Trigger(trigger)
-        # The table is checked here too, so no caller can write a step the state machine does not have.
-        if states.destination(payment.state, trigger) is not to:
-            raise errors.IllegalTransition(payment.state.value, trigger.value)
-        values = dict(changes or {})
-        unknown = set(values) - CHANGEABLE
-        if unknown:
-            raise ValueError(f"transition cannot change {sorted(unknown)}")
-        values.setdefault("attempts", 0)
-        if to in UNSCHEDULED:
-            values["next_attempt_at"] = None
+        values = transition_changes(payment, to, trigger, changes)
         assignments = ", ".join(f"{column} = ?" for column in values)
         params = [ts(v) if isinstance(v, dt.datetime) else v for v in values.values()]
 
