@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import sqlite3
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 import aiosqlite
@@ -21,7 +21,7 @@ from payflow import errors, logs
 log = logs.get_logger(__name__)
 
 T = TypeVar("T")
-Work = Callable[[aiosqlite.Connection], Awaitable[Any]]
+Work = Callable[[sqlite3.Connection], Any]  # runs on the connection's thread, inside the batch transaction
 
 MAX_BATCH = 256
 
@@ -48,7 +48,7 @@ class GroupCommitWriter:
         self._closed = False
         self.stats = Stats()
 
-    async def submit(self, work: Callable[[aiosqlite.Connection], Awaitable[T]]) -> T:
+    async def submit(self, work: Callable[[sqlite3.Connection], T]) -> T:
         """Run `work` in the next batch and return its result once that batch is committed."""
         if self._closed:
             raise errors.StoreUnavailable("the store is closed")
@@ -86,31 +86,13 @@ class GroupCommitWriter:
                 item.future.set_exception(errors.StoreUnavailable("the store is closed"))
 
     async def _commit(self, batch: list[_Item]) -> None:
-        db = self._db
-        outcomes: list[tuple[_Item, bool, Any]] = []
+        live = [item for item in batch if not item.future.cancelled()]  # a caller gone before: apply nothing
         try:
-            await db.execute("BEGIN IMMEDIATE")
-            for item in batch:
-                if item.future.cancelled():
-                    continue  # its caller is gone and was never told anything: nothing to apply
-                await db.execute("SAVEPOINT write")
-                try:
-                    value = await item.work(db)
-                except Exception as exc:  # noqa: BLE001 — this write's failure is its caller's alone
-                    await db.execute("ROLLBACK TO write")
-                    await db.execute("RELEASE write")
-                    outcomes.append((item, False, _store_error(exc)))
-                    continue
-                await db.execute("RELEASE write")
-                outcomes.append((item, True, value))
-            await db.execute("COMMIT")
+            # The whole batch is one call on the connection's thread: one hop to it and back, whatever the
+            # batch size, instead of one per statement (aiosqlite has no public API for this).
+            outcomes = await self._db._execute(_run_batch, self._db._conn, [item.work for item in live])
         except sqlite3.Error as exc:
             # The batch as a whole did not commit: nobody may be told their write succeeded.
-            if db.in_transaction:
-                try:
-                    await db.execute("ROLLBACK")
-                except sqlite3.Error:
-                    log.exception("store.rollback_failed")
             failure = errors.StoreUnavailable(f"SQLite commit failed: {exc}")
             for item in batch:
                 if not item.future.done():
@@ -118,15 +100,39 @@ class GroupCommitWriter:
             log.error("store.batch_failed", writes=len(batch), error=str(exc))
             return
         self.stats.batches += 1
-        self.stats.writes += len(outcomes)
-        self.stats.largest_batch = max(self.stats.largest_batch, len(outcomes))
-        for item, ok, value in outcomes:
+        self.stats.writes += len(live)
+        self.stats.largest_batch = max(self.stats.largest_batch, len(live))
+        for item, (ok, value) in zip(live, outcomes, strict=True):
             if item.future.done():
                 continue
             if ok:
                 item.future.set_result(value)
             else:
                 item.future.set_exception(value)
+
+
+def _run_batch(conn: sqlite3.Connection, works: list[Work]) -> list[tuple[bool, Any]]:
+    """On the connection's thread: BEGIN, each write under its own savepoint, COMMIT."""
+    outcomes: list[tuple[bool, Any]] = []
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        for work in works:
+            conn.execute("SAVEPOINT write")
+            try:
+                value = work(conn)
+            except Exception as exc:  # noqa: BLE001 — this write's failure is its caller's alone
+                conn.execute("ROLLBACK TO write")
+                conn.execute("RELEASE write")
+                outcomes.append((False, _store_error(exc)))
+                continue
+            conn.execute("RELEASE write")
+            outcomes.append((True, value))
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    return outcomes
 
 
 def _store_error(exc: Exception) -> Exception:

@@ -78,9 +78,9 @@ class SqliteStore(PaymentStore):
         if payment.state is not State.CREATED:
             raise errors.IllegalTransition("new", f"create as {payment.state.value}")
 
-        async def work(db: aiosqlite.Connection) -> models.Payment:
+        def work(db: sqlite3.Connection) -> models.Payment:
             try:
-                await db.execute(
+                db.execute(
                     f"INSERT INTO payments ({PAYMENT_COLUMNS}) VALUES ({', '.join('?' * 20)})",
                     (
                         payment.out_trade_no, payment.order_id, payment.amount, payment.currency,
@@ -95,7 +95,7 @@ class SqliteStore(PaymentStore):
                 raise errors.DuplicatePayment(
                     f"a payment with order_id {payment.order_id!r} or out_trade_no {payment.out_trade_no!r} exists"
                 ) from exc
-            await insert_event(db, payment.out_trade_no, None, State.CREATED, "create", source,
+            insert_event(db, payment.out_trade_no, None, State.CREATED, "create", source,
                                 detail, payment.created_at)
             return payment
 
@@ -119,8 +119,8 @@ class SqliteStore(PaymentStore):
         assignments = ", ".join(f"{column} = ?" for column in values)
         params = [ts(v) if isinstance(v, dt.datetime) else v for v in values.values()]
 
-        async def work(db: aiosqlite.Connection) -> models.Payment:
-            rows = list(await db.execute_fetchall(
+        def work(db: sqlite3.Connection) -> models.Payment:
+            rows = list(db.execute(
                 f"UPDATE payments SET state = ?, version = version + 1, lease_token = ?, "
                 f"updated_at = ?, {assignments} "
                 f"WHERE out_trade_no = ? AND state = ? AND version = ? RETURNING {PAYMENT_COLUMNS}",
@@ -131,9 +131,9 @@ class SqliteStore(PaymentStore):
                 raise errors.StaleState(
                     f"payment {payment.out_trade_no} is no longer {payment.state.value} v{payment.version}"
                 )
-            await insert_event(db, payment.out_trade_no, payment.state, to, trigger.value, source, detail, at)
+            insert_event(db, payment.out_trade_no, payment.state, to, trigger.value, source, detail, at)
             if notification is not None:
-                await insert_notification(db, notification)
+                insert_notification(db, notification)
             return payment_row(rows[0])
 
         return await self.writes.submit(work)
@@ -144,8 +144,8 @@ class SqliteStore(PaymentStore):
         if payment.state in UNSCHEDULED:
             next_attempt_at = None
 
-        async def work(db: aiosqlite.Connection) -> models.Payment:
-            rows = list(await db.execute_fetchall(
+        def work(db: sqlite3.Connection) -> models.Payment:
+            rows = list(db.execute(
                 "UPDATE payments SET next_attempt_at = ?, attempts = ?, lease_token = NULL, "
                 "version = version + 1, updated_at = ? "
                 "WHERE out_trade_no = ? AND state = ? AND version = ? AND lease_token IS ? "
@@ -164,23 +164,22 @@ class SqliteStore(PaymentStore):
             return []
         until = now + dt.timedelta(seconds=lease)
 
-        async def work(db: aiosqlite.Connection) -> list[models.Payment]:
-            async with db.execute(
+        def work(db: sqlite3.Connection) -> list[models.Payment]:
+            ids = [row[0] for row in db.execute(
                 "SELECT out_trade_no FROM payments "
                 "WHERE next_attempt_at IS NOT NULL AND next_attempt_at <= ? "
                 "ORDER BY next_attempt_at LIMIT ?",
                 (ts(now), limit),
-            ) as cursor:
-                ids = [row[0] for row in await cursor.fetchall()]
+            ).fetchall()]
             claimed = []
             for out_trade_no in ids:
                 # The lease is the pushed-back next attempt: if the worker dies, the payment is due again
                 # when the lease runs out, with no separate expiry sweep.
-                await db.execute(
+                db.execute(
                     "UPDATE payments SET next_attempt_at = ?, lease_token = ? WHERE out_trade_no = ?",
                     (ts(until), secrets.token_hex(8), out_trade_no),
                 )
-                claimed.append(payment_row(await select_payment(db, out_trade_no)))
+                claimed.append(payment_row(select_payment(db, out_trade_no)))
             return claimed
 
         return await self.writes.submit(work)
@@ -191,9 +190,9 @@ class SqliteStore(PaymentStore):
     # --- reconciliation -----------------------------------------------------------------------
 
     async def start_reconciliation(self, bill_date: dt.date, at: dt.datetime) -> int | None:
-        async def work(db: aiosqlite.Connection) -> int | None:
+        def work(db: sqlite3.Connection) -> int | None:
             # One writer: the check and the insert cannot interleave with another process's run start.
-            cursor = await db.execute(
+            cursor = db.execute(
                 "INSERT INTO reconciliation_runs (bill_date, started_at, status, counts) "
                 "SELECT ?, ?, 'running', '{}' WHERE NOT EXISTS (SELECT 1 FROM reconciliation_runs "
                 "WHERE bill_date = ? AND status = 'running' AND started_at > ?)",
@@ -218,8 +217,8 @@ class SqliteStore(PaymentStore):
             error=row["error"]) for row in rows]
 
     async def add_discrepancy(self, discrepancy: models.Discrepancy) -> bool:
-        async def work(db: aiosqlite.Connection) -> bool:
-            cursor = await db.execute(
+        def work(db: sqlite3.Connection) -> bool:
+            cursor = db.execute(
                 "INSERT INTO discrepancies (bill_date, out_trade_no, category, detail, found_at) "
                 "VALUES (?, ?, ?, ?, ?) "
                 "ON CONFLICT (bill_date, out_trade_no, category) DO NOTHING",

@@ -211,14 +211,13 @@ async def migrate(db: aiosqlite.Connection) -> None:
     await db.execute("COMMIT")
 
 
-async def select_payment(db: aiosqlite.Connection, out_trade_no: str) -> sqlite3.Row:
-    [row] = await db.execute_fetchall(f"SELECT {PAYMENT_COLUMNS} FROM payments WHERE out_trade_no = ?",
-                                      (out_trade_no,))
+def select_payment(db: sqlite3.Connection, out_trade_no: str) -> sqlite3.Row:
+    [row] = db.execute(f"SELECT {PAYMENT_COLUMNS} FROM payments WHERE out_trade_no = ?", (out_trade_no,)).fetchall()
     return row
 
 
-async def insert_event(
-    db: aiosqlite.Connection,
+def insert_event(
+    db: sqlite3.Connection,
     out_trade_no: str,
     from_state: State | None,
     to_state: State,
@@ -227,7 +226,7 @@ async def insert_event(
     detail: Mapping[str, Any] | None,
     at: dt.datetime,
 ) -> None:
-    await db.execute(
+    db.execute(
         "INSERT INTO order_events (out_trade_no, from_state, to_state, trigger, source, detail, at) "
         "VALUES (?, ?, ?, ?, ?, ?, ?)",
         (out_trade_no, from_state.value if from_state else None, to_state.value, trigger, str(source),
@@ -235,8 +234,8 @@ async def insert_event(
     )
 
 
-async def insert_notification(db: aiosqlite.Connection, notification: models.Notification) -> bool:
-    cursor = await db.execute(
+def insert_notification(db: sqlite3.Connection, notification: models.Notification) -> bool:
+    cursor = db.execute(
         "INSERT INTO notifications (notification_id, out_trade_no, event_type, outcome, resource, received_at) "
         "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (notification_id) DO NOTHING",
         (notification.notification_id, notification.out_trade_no, notification.event_type,

@@ -38,8 +38,8 @@ async def test_batch_mates_succeed_and_fail_on_their_own(store: SqliteStore) -> 
     duplicate = factories.payment(order_id=a.order_id)
     before = store.writes.stats.batches
 
-    async def broken(db: object) -> None:
-        await db.execute("INSERT INTO no_such_table VALUES (1)")  # type: ignore[attr-defined]
+    def broken(db: object) -> None:
+        db.execute("INSERT INTO no_such_table VALUES (1)")  # type: ignore[attr-defined]
 
     results = await asyncio.gather(
         store.transition(a, State.PREPAID, Trigger.PREPAY, source=Source.API, at=T0, changes={"prepay_id": "wa"}),
