@@ -11,7 +11,8 @@ driven at a fixed concurrency over keep-alive connections. Handlers:
   payflow   `run.py serve`: verify, decrypt, dedupe, CAS transition + event + notification row, then the
             paid event forwarded in the background to an always-200 backend stub (so every `pay` is
             followed by a `sync`, as in production; a failing backend would add reschedule writes instead)
-  group     reference: verify + decrypt + UPDATE payment + INSERT event through payflow's group-commit writer
+  group     reference: verify + decrypt + UPDATE payment + INSERT event, group-committed (one thread hop and
+            one commit per batch, a savepoint per request; the bench's own writer, not payflow's)
   txn       reference: the same with one aiosqlite transaction per request
   nodb      reference: verify + decrypt only (the crypto + HTTP ceiling, for context)
 
