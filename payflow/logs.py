@@ -52,8 +52,10 @@ def configure_logging(fmt: str | None = None, level: int | str = logging.INFO) -
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    # aiosqlite logs every statement at DEBUG; keep it quiet unless asked for.
+    # aiosqlite logs every statement at DEBUG, and transitions two lines per event at INFO (every plan());
+    # keep them quiet unless asked for.
     logging.getLogger("aiosqlite").setLevel(logging.WARNING)
+    logging.getLogger("transitions").setLevel(logging.WARNING)
 
 
 def get_logger(name: str) -> structlog.stdlib.BoundLogger:
