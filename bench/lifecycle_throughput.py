@@ -1,12 +1,14 @@
 """Payments/s from "payer pays at WeChat" to "backend acknowledged" (`synced`), three processes, zero faults.
 
-    python bench/lifecycle_throughput.py [--payments N] [--quick] [--no-profile] [--json FILE]
+    python bench/lifecycle_throughput.py [--payments N] [--rounds R] [--quick] [--no-profile]
+                                         [--profile-target payflow|wechat-sim|backend-sim] [--json FILE]
 
 Topology, each its own OS process on loopback: `run.py wechat-sim` (zero faults, `--time-factor F`:
 notification retries come 15/F s after a failed attempt; at zero faults an attempt fails only when
 payflow does not answer within the simulator's 5 s ack timeout), `run.py backend-sim` (zero faults),
-`run.py serve` (payflow, its shipped INFO/JSON logging to a file), all sharing a key dir written by
-`run.py keys`. This driver is a fourth process.
+`run.py serve` (payflow, its shipped logging configuration, JSON to a file), all sharing a key dir
+written by `run.py keys`. This driver is a fourth process. Each round gets a fresh topology (see
+`one_round`).
 
 A round: create N payments through payflow's API (not timed; PAYFLOW_WECHAT_RATE is raised so the
 outbound WeChat limiter does not pace creation, and the query schedule is 10m so no sweeper query
@@ -15,10 +17,12 @@ lands in the window: neither is on the measured path), then pay all N through th
 only) shows all N `synced`. Throughput is N / (last sync - first pay); latency per payment is from
 sending its pay call to the time payflow recorded the backend's acknowledgement (the `sync` event).
 
-Round 1 is timed with nothing attached and reports the CPU each process used in the window
-(/proc/PID/stat utime+stime, 2 cores = 200%). Round 2 (unless --no-profile) repeats it with
-`py-spy record --nonblocking` on payflow and prints where payflow's threads spend their samples.
-Every subprocess is killed on exit or failure.
+The `--rounds` timed rounds (default 3; the median over those that other processes left alone is
+reported) run with nothing attached and report the CPU each process used in the window
+(/proc/PID/stat utime+stime, 2 cores = 200%; CPU used by processes outside the benchmark is shown
+too) and how long some runnable task waited for a core (/proc/pressure/cpu). One more round (unless
+--no-profile) runs under `py-spy record --nonblocking` on payflow (or `--profile-target`) and prints
+where that process's threads spend their samples. Every subprocess is killed on exit or failure.
 """
 
 from __future__ import annotations
@@ -57,7 +61,7 @@ PYTHON = sys.executable
 PY_SPY = shutil.which("py-spy", path=f"{pathlib.Path(PYTHON).parent}{os.pathsep}{os.environ.get('PATH', '')}")
 TICKS = os.sysconf("SC_CLK_TCK")
 STARTUP_TIMEOUT = 30.0
-PROFILE_RATE = 100  # samples/s per thread
+PROFILE_RATE = 200  # samples/s per thread
 BUSY_MACHINE = 10.0  # % of a core used by processes outside the benchmark above which a round is not counted
 PAYFLOW_ENV = {
     "PAYFLOW_LOG_FORMAT": "json",
@@ -78,6 +82,7 @@ CATEGORIES = (
     ("aiohttp server (notify request I/O)", False, ("aiohttp/web", "aiohttp/http_", "aiohttp/_http")),
     ("json", False, ("json/",)),
     ("prometheus_client", False, ("prometheus_client/",)),
+    ("simulator code", False, ("simulator/",)),
     ("payflow (service, states, models)", False, ("payflow/", "transitions/")),
     ("asyncio event loop", False, ("asyncio/", "selectors.py")),
 )
@@ -117,6 +122,15 @@ def machine_busy_seconds() -> float:
     fields = pathlib.Path("/proc/stat").read_text().splitlines()[0].split()[1:]
     user, nice, system, _idle, _iowait, irq, softirq, steal = (int(f) for f in fields[:8])
     return (user + nice + system + irq + softirq + steal) / TICKS
+
+
+def cpu_waiting_seconds() -> float | None:
+    """PSI: for how long, in all, at least one runnable task waited for a CPU (None without /proc/pressure)."""
+    try:
+        some = pathlib.Path("/proc/pressure/cpu").read_text().splitlines()[0]
+    except OSError:
+        return None
+    return int(some.rsplit("total=", 1)[1]) / 1e6
 
 
 def cpu_seconds(pid: int) -> float:
@@ -248,26 +262,29 @@ class Round:
     max_ms: float
     pay_to_accept_ms: tuple[float, float]  # p50, p99: WeChat's queue + delivery + payflow's notify handling
     accept_to_sync_ms: tuple[float, float]  # p50, p99: payflow's forward to the backend + the sync commit
-    cpu_percent: dict[str, float]  # of one core, over `seconds`
+    cpu_percent: dict[str, float]  # of one core, over the window
+    cpu_ms_per_payment: dict[str, float]
+    cpu_pressure_percent: float | None  # of the window, some runnable task was waiting for a core (PSI)
     notification_attempts: int
     notification_failures: int
     backend_duplicates: int
 
 
 async def run_round(top: Topology, session: aiohttp.ClientSession, name: str, n: int, create_concurrency: int,
-                    pay_concurrency: int, settle_limit: float, profile_to: pathlib.Path | None) -> Round:
+                    pay_concurrency: int, settle_limit: float, profile_to: pathlib.Path | None,
+                    profile_target: str = "payflow") -> Round:
     tag = f"r{name}"
     numbers = await create_payments(top, session, tag, n, create_concurrency)
     pids = top.pids()
     spy = None
     if profile_to is not None:
         spy = top.procs.start("py-spy", [PY_SPY or "py-spy", "record", "--pid",
-                                         str(pids["payflow"]), "--rate", str(PROFILE_RATE), "--format", "raw",
+                                         str(pids[profile_target]), "--rate", str(PROFILE_RATE), "--format", "raw",
                                          "--threads", "--nonblocking", "-o", str(profile_to)])
         await asyncio.sleep(1.0)  # py-spy attaches
         pids["py-spy"] = spy.pid
     cpu_before = {k: cpu_seconds(pid) for k, pid in pids.items()}
-    machine_before = machine_busy_seconds()
+    machine_before, waiting_before = machine_busy_seconds(), cpu_waiting_seconds()
     paid_at: dict[str, float] = {}
 
     async def pay(no: str) -> None:
@@ -286,7 +303,7 @@ async def run_round(top: Topology, session: aiohttp.ClientSession, name: str, n:
             raise RuntimeError(f"only {count_synced(top.database, tag)}/{n} synced after {settle_limit} s")
         await asyncio.sleep(0.05)
     cpu_after = {k: cpu_seconds(pid) for k, pid in pids.items()}
-    machine_after = machine_busy_seconds()
+    machine_after, waiting_after = machine_busy_seconds(), cpu_waiting_seconds()
     window = time.time() - started
     if spy is not None:
         spy.send_signal(signal.SIGINT)
@@ -306,7 +323,10 @@ async def run_round(top: Topology, session: aiohttp.ClientSession, name: str, n:
         name=name, payments=n, pay_seconds=round(pay_seconds, 3), seconds=round(seconds, 3),
         per_second=round(n / seconds, 1), p50_ms=round(statistics.median(latencies), 1),
         p99_ms=_p50_p99(latencies)[1], max_ms=round(latencies[-1], 1),
-        cpu_percent=cpu, notification_attempts=sum(x["attempts"] for x in notes),
+        cpu_percent=cpu, cpu_ms_per_payment={k: round(1000 * (cpu_after[k] - cpu_before[k]) / n, 3) for k in pids},
+        cpu_pressure_percent=None if waiting_before is None or waiting_after is None
+        else round(100 * (waiting_after - waiting_before) / window, 1),
+        notification_attempts=sum(x["attempts"] for x in notes),
         notification_failures=sum(x["failed"] for x in notes),
         backend_duplicates=sum(o["duplicates"] for o in orders if o["out_trade_no"] in times),
         pay_to_accept_ms=_p50_p99([(times[no]["pay"] - paid_at[no]) * 1000 for no in numbers]),
@@ -365,12 +385,13 @@ def analyse(path: pathlib.Path, seconds: float) -> dict[str, Any]:
         main += count
         leaf_func, leaf_file = frames[-1] if frames else ("?", "")
         leaves[f"{leaf_func} ({pathlib.Path(leaf_file).name})"] += count
-        for func in {f for f, _ in frames}:
+        for func in {f.rsplit(".", 1)[-1] for f, _ in frames}:  # py-spy names methods Class.method
             inclusive[func] += count
         categories[_category(frames)] += count
     expected = seconds * PROFILE_RATE
-    interesting = ("handle_notification", "forward", "deliver", "_commit", "verify", "info", "_proxy_to_logger",
-                   "_transition", "get_notification", "get", "_handle_request", "data_received")
+    interesting = ("handle_notification", "confirm_paid", "forward", "deliver", "_transition", "get",
+                   "get_notification", "_commit", "verify", "decrypt", "sign_headers", "_proxy_to_logger",
+                   "_handle_request", "_request")
     return {
         "active_percent_by_thread": {t: round(100 * c / expected, 1) for t, c in by_thread.most_common()},
         "main_thread_samples": main,
@@ -384,28 +405,36 @@ def analyse(path: pathlib.Path, seconds: float) -> dict[str, Any]:
 # --- main ------------------------------------------------------------------------------------------
 
 
-async def run(n: int, args: argparse.Namespace, workdir: pathlib.Path, keys_dir: pathlib.Path) -> dict[str, Any]:
-    procs = Processes(workdir)
+async def one_round(name: str, n: int, args: argparse.Namespace, workdir: pathlib.Path, keys_dir: pathlib.Path,
+                    profile_to: pathlib.Path | None) -> Round:
+    """A fresh topology per round: the WeChat simulator keeps every notification it ever queued and
+    rescans them on each wake-up, so a long-lived one gets slower round after round."""
+    procs = Processes(workdir / f"round-{name}")
+    procs.workdir.mkdir()
     try:
         top = await start_topology(procs, keys_dir, args.time_factor)
-        timeout = max(60.0, n / 20)
+        settle_limit = max(60.0, n / 20)
         connector = aiohttp.TCPConnector(limit=max(args.pay_concurrency, args.create_concurrency))
         async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=60)) as session:
             # A few payments first, so imports, connection pools and the SQLite caches are warm.
-            await run_round(top, session, "warmup", 20, args.create_concurrency, args.pay_concurrency, timeout, None)
-            timed = [await run_round(top, session, str(i + 1), n, args.create_concurrency, args.pay_concurrency,
-                                     timeout, None) for i in range(args.rounds)]
-            profiled = profile = None
-            if args.profile:
-                raw = workdir / "payflow.pyspy.txt"
-                profiled = await run_round(top, session, "profiled", n, args.create_concurrency,
-                                           args.pay_concurrency, timeout, raw)
-                profile = analyse(raw, profiled.seconds)
-                if args.keep_profile:
-                    shutil.copy(raw, args.keep_profile)
-        return {"timed": timed, "profiled": profiled, "profile": profile}
+            await run_round(top, session, "warmup", 20, args.create_concurrency, args.pay_concurrency, settle_limit,
+                            None, args.profile_target)
+            return await run_round(top, session, name, n, args.create_concurrency, args.pay_concurrency,
+                                   settle_limit, profile_to, args.profile_target)
     finally:
         procs.close()
+
+
+async def run(n: int, args: argparse.Namespace, workdir: pathlib.Path, keys_dir: pathlib.Path) -> dict[str, Any]:
+    timed = [await one_round(str(i + 1), n, args, workdir, keys_dir, None) for i in range(args.rounds)]
+    profiled = profile = None
+    if args.profile:
+        raw = workdir / f"{args.profile_target}.pyspy.txt"
+        profiled = await one_round("profiled", n, args, workdir, keys_dir, raw)
+        profile = analyse(raw, profiled.seconds)
+        if args.keep_profile:
+            shutil.copy(raw, args.keep_profile)
+    return {"timed": timed, "profiled": profiled, "profile": profile}
 
 
 def main() -> int:
@@ -419,6 +448,8 @@ def main() -> int:
                         help="wechat-sim --time-factor: divides its notification retry intervals (default 60)")
     parser.add_argument("--no-profile", dest="profile", action="store_false", help="skip the py-spy round")
     parser.add_argument("--keep-profile", type=pathlib.Path, help="copy py-spy's raw (collapsed) stacks here")
+    parser.add_argument("--profile-target", choices=("payflow", "wechat-sim", "backend-sim"), default="payflow",
+                        help="the process py-spy samples in the profiled round (default payflow)")
     parser.add_argument("--json", type=pathlib.Path, default=pathlib.Path("bench/results/lifecycle_throughput.json"))
     args = parser.parse_args()
     if args.profile and PY_SPY is None:
@@ -440,7 +471,7 @@ def main() -> int:
               f"{r.p99_ms:>9}{'/'.join(map(str, r.pay_to_accept_ms)):>21}{'/'.join(map(str, r.accept_to_sync_ms)):>22}"
               f"{r.notification_attempts:>14}{r.notification_failures:>8}{r.backend_duplicates:>5}")
     clean = [r for r in timed if r.cpu_percent["other processes"] < BUSY_MACHINE]
-    median = statistics.median(r.per_second for r in clean) if clean else None
+    median = round(statistics.median(r.per_second for r in clean), 1) if clean else None
     print(f"median of the {len(clean)} of {len(timed)} timed round(s) with other processes under {BUSY_MACHINE}% "
           f"of a core: {median} payments/s")
     print()
@@ -448,27 +479,33 @@ def main() -> int:
     for r in rounds:
         ours = {k: v for k, v in r.cpu_percent.items() if k != "other processes"}
         print(f"  round {r.name:<9}" + "  ".join(f"{k} {v}" for k, v in ours.items())
-              + f"  | ours {round(sum(ours.values()), 1)}  | other processes {r.cpu_percent['other processes']}")
+              + f"  | ours {round(sum(ours.values()), 1)}  | other processes {r.cpu_percent['other processes']}"
+              + f"  | a task waiting for a core {r.cpu_pressure_percent}% of the time")
+    print("CPU ms per payment:")
+    for r in rounds:
+        print(f"  round {r.name:<9}" + "  ".join(f"{k} {v}" for k, v in r.cpu_ms_per_payment.items()))
     profile = result["profile"]
     if profile is not None:
         print()
-        print("payflow under py-spy (round 2): samples per thread, % of wall time the thread was on a CPU:")
+        target = args.profile_target
+        print(f"{target} under py-spy (profiled round): samples per thread, % of wall time the thread was on a CPU:")
         for thread, pct in profile["active_percent_by_thread"].items():
             print(f"  {thread:<40}{pct:>7}")
-        print("payflow main thread, by the innermost frame's category (% of main-thread samples):")
+        print(f"{target} main thread, by the innermost frame's category (% of main-thread samples):")
         for label, pct in profile["main_thread_by_category_percent"].items():
             print(f"  {label:<45}{pct:>7}")
-        print("payflow main thread, inclusive % (a function anywhere on the stack):")
+        print(f"{target} main thread, inclusive % (a function anywhere on the stack):")
         for func, pct in profile["main_thread_inclusive_percent"].items():
             print(f"  {func:<45}{pct:>7}")
-        print("payflow main thread, top leaf functions (%):")
+        print(f"{target} main thread, top leaf functions (%):")
         for func, pct in profile["main_thread_top_leaves_percent"].items():
             print(f"  {func:<60}{pct:>7}")
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps({
         "median_per_second": median, "timed": [dataclasses.asdict(r) for r in timed],
         "profiled": dataclasses.asdict(result["profiled"]) if result["profiled"] else None,
-        "profile": profile, "options": {"payments": n, "rounds": args.rounds, "pay_concurrency": args.pay_concurrency,
+        "profile": profile, "profile_target": args.profile_target,
+        "options": {"payments": n, "rounds": args.rounds, "pay_concurrency": args.pay_concurrency,
                     "time_factor": args.time_factor},
     }, indent=2))
     print(f"wrote {args.json}")

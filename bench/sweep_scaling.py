@@ -1,11 +1,14 @@
 """Cost of one sweep pass over 1,000 due payments in a table of 10 thousand and of 1 million payments.
 
-    python bench/sweep_scaling.py [--quick] [--concurrency 8,64] [--json FILE]
+    python bench/sweep_scaling.py [--quick] [--concurrency 8,64] [--layout spread|recent] [--repeats N]
+                                  [--json FILE]
 
 Each database (SQLite, WAL, synchronous=FULL, temporary file) holds mostly terminal payments (closed,
 synced, reconciled: next_attempt_at NULL, so outside the partial index `payments_due`) and exactly
-1,000 `prepaid` ones whose next attempt is in the past, spread evenly through the table (every
-n/1000-th row, so no two share a leaf page: the worst case for page locality). Rows are seeded with
+1,000 `prepaid` ones whose next attempt is in the past. With `--layout spread` (the default) they are
+spread evenly through the table (every n/1000-th row, so no two share a leaf page: the worst case for
+page locality); with `--layout recent` they are the 1,000 newest rows, which is where due payments
+sit when out_trade_no is time-ordered, as payflow's are. Rows are seeded with
 raw INSERTs in chunks through the store's writer; keys are zero-padded and ascending so the seed
 appends to every index (seeding is timed and reported separately; order_events are not seeded: a
 NOTPAY pass writes none).
@@ -14,7 +17,7 @@ One pass is `Sweeper(service, batch=1000, concurrency=C).run_once()`: claim the 
 that pushes each next_attempt_at to the lease), query each at WeChat and reschedule it (a CAS update
 per payment, group-committed). WeChat is `StubWechat` below, a zero-latency in-process stub that
 answers NOTPAY: it measures payflow and SQLite, not a network. Before each pass the same 1,000 are
-made due again; the best of 3 passes counts. The target: 1M pass <= 1.5 x the 10k pass.
+made due again; the best of 3 passes (`--repeats`) counts. The target: 1M pass <= 1.5 x the 10k pass.
 `--quick` compares 10k with 100k.
 """
 
@@ -103,7 +106,9 @@ def own_busy_seconds() -> float:
     return times.user + times.system
 
 
-def due_numbers(size: int) -> list[int]:
+def due_numbers(size: int, layout: str) -> list[int]:
+    if layout == "recent":
+        return list(range(size - DUE, size))
     step = size // DUE
     return [k * step + step // 2 for k in range(DUE)]
 
@@ -127,10 +132,10 @@ def _rows(start: int, stop: int, due: set[int], now: dt.datetime) -> Iterator[tu
                    created, created)
 
 
-async def seed(path: pathlib.Path, size: int) -> float:
+async def seed(path: pathlib.Path, size: int, layout: str) -> float:
     """Seed `size` payments; returns the seconds it took (the store is closed, so the WAL is checkpointed)."""
     now = dt.datetime.now(dt.UTC)
-    due = set(due_numbers(size))
+    due = set(due_numbers(size, layout))
     store = await SqliteStore.open(str(path))
     try:
         started = time.perf_counter()
@@ -143,9 +148,9 @@ async def seed(path: pathlib.Path, size: int) -> float:
     return seconds
 
 
-async def make_due(store: SqliteStore, size: int) -> None:
+async def make_due(store: SqliteStore, size: int, layout: str) -> None:
     past = ts(dt.datetime.now(dt.UTC) - dt.timedelta(minutes=1))
-    rows = [(past, out_trade_no(i)) for i in due_numbers(size)]
+    rows = [(past, out_trade_no(i)) for i in due_numbers(size, layout)]
     await store.writes.submit(lambda db: db.executemany(
         "UPDATE payments SET next_attempt_at = ?, lease_token = NULL WHERE out_trade_no = ?", rows))
 
@@ -210,8 +215,9 @@ class Row:
     passes: list[float]
 
 
-async def measure(path: pathlib.Path, size: int, concurrencies: list[int]) -> tuple[list[Row], dict[str, list[str]]]:
-    seed_seconds = await seed(path, size)
+async def measure(path: pathlib.Path, size: int, concurrencies: list[int], layout: str,
+                  repeats: int) -> tuple[list[Row], dict[str, list[str]]]:
+    seed_seconds = await seed(path, size, layout)
     megabytes, plans = inspect_db(path)
     store = await SqliteStore.open(str(path))
     rows = []
@@ -220,14 +226,14 @@ async def measure(path: pathlib.Path, size: int, concurrencies: list[int]) -> tu
         service = PaymentService(store, Settings(), wechat=stub)
         for concurrency in concurrencies:
             passes = []
-            for _ in range(REPEATS):
-                await make_due(store, size)
+            for _ in range(repeats):
+                await make_due(store, size, layout)
                 passes.append(await one_pass(store, service, concurrency))
             best = min(passes, key=lambda p: p.seconds)
             rows.append(Row(size, concurrency, round(seed_seconds, 2), round(megabytes, 1), round(best.seconds, 4),
                             round(best.claim_seconds, 4), round(best.seconds - best.claim_seconds, 4), best.commits,
                             best.other_percent, [round(p.seconds, 4) for p in passes]))
-        assert stub.queries == DUE * REPEATS * len(concurrencies)
+        assert stub.queries == DUE * repeats * len(concurrencies)
     finally:
         await store.close()
     return rows, plans
@@ -238,6 +244,10 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="10k vs 100k payments (well under 60 s)")
     parser.add_argument("--concurrency", default="8,64",
                         help="comma list of sweeper concurrencies to time (default 8,64; 8 is payflow's default)")
+    parser.add_argument("--repeats", type=int, default=REPEATS, help="passes per size and concurrency; the best "
+                        f"counts (default {REPEATS})")
+    parser.add_argument("--layout", choices=("spread", "recent"), default="spread",
+                        help="where the due payments sit in the table (default spread, the worst case)")
     parser.add_argument("--json", type=pathlib.Path, default=pathlib.Path("bench/results/sweep_scaling.json"))
     args = parser.parse_args()
     logs.configure_logging("json", level=logging.WARNING)  # one info line per payment would dominate the timing
@@ -248,11 +258,13 @@ def main() -> int:
     started, machine, own = time.monotonic(), machine_busy_seconds(), own_busy_seconds()
     with tempfile.TemporaryDirectory(prefix="payflow-sweep-") as tmp:
         for size in (small, large):
-            found, plans = asyncio.run(measure(pathlib.Path(tmp) / f"sweep-{size}.db", size, concurrencies))
+            found, plans = asyncio.run(measure(pathlib.Path(tmp) / f"sweep-{size}.db", size, concurrencies,
+                                                  args.layout, args.repeats))
             rows.extend(found)
     # Another benchmark running meanwhile would make the timings meaningless: say how busy the machine was.
     other = 100 * max(0.0, machine_busy_seconds() - machine - (own_busy_seconds() - own)) / (time.monotonic() - started)
 
+    print(f"due payments: {DUE:,}, layout {args.layout}")
     print("EXPLAIN QUERY PLAN (on the largest database):")
     for name, plan in plans.items():
         print(f"  {name:<26}{' / '.join(plan)}")
@@ -272,7 +284,7 @@ def main() -> int:
     print(f"other processes used {other:.1f}% of one core meanwhile (2 cores = 200%)")
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps({
-        "sqlite": sqlite3.sqlite_version, "due": DUE, "repeats": REPEATS, "plans": plans,
+        "sqlite": sqlite3.sqlite_version, "layout": args.layout, "due": DUE, "repeats": args.repeats, "plans": plans,
         "rows": [dataclasses.asdict(r) for r in rows], "ratios": {str(k): v for k, v in ratios.items()},
         "other_processes_percent": round(other, 1),
     }, indent=2))
