@@ -98,6 +98,9 @@ class Settings:
     max_body_bytes: int = 64 * 1024
     sweep_batch: int = 100
     sweep_concurrency: int = 8
+    # Forwards started by this process (after `pay`) in flight at once; 1 while notifications are in flight.
+    forward_concurrency: int = 16
+    forward_backlog: int = 50_000  # queued first forwards kept in memory; beyond it, the lease and sweeper
 
     @property
     def payment_ttl_delta(self) -> dt.timedelta:
@@ -162,6 +165,11 @@ class Settings:
                 values["wechat_rate"] = -1.0
             if not 0 < float(values["wechat_rate"]) <= 10000:  # type: ignore[arg-type]
                 raise errors.SettingsError(f"PAYFLOW_WECHAT_RATE: {rate!r} is not a rate in calls per second")
+        if (concurrency := get("PAYFLOW_FORWARD_CONCURRENCY")) is not None:
+            if not concurrency.strip().isdigit() or not 1 <= int(concurrency) <= 1000:
+                raise errors.SettingsError(
+                    f"PAYFLOW_FORWARD_CONCURRENCY: {concurrency!r} is not a whole number from 1 to 1000")
+            values["forward_concurrency"] = int(concurrency)
         if (level := get("PAYFLOW_LOG_LEVEL")) is not None:
             if level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
                 raise errors.SettingsError(f"PAYFLOW_LOG_LEVEL: {level!r} is not one of DEBUG, INFO, WARNING, ERROR")

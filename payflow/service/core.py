@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import datetime as dt
 import random
 from collections.abc import Coroutine, Mapping
@@ -14,7 +15,7 @@ from payflow.clock import Clock, SystemClock
 from payflow.metrics import Metrics
 from payflow.settings import Settings
 from payflow.states import Source, Trigger
-from payflow.store import PaymentStore
+from payflow.store import PaymentStore, Step
 from payflow.wechat.api import WechatApi
 from payflow.wechat.notify import NotificationVerifier
 
@@ -47,6 +48,11 @@ class ServiceCore:
         self._rng = rng or random.Random()
         self.metrics = metrics or Metrics()
         self._tasks: set[asyncio.Task[Any]] = set()
+        # WeChat notifications being handled right now (forwarding yields to them; see Forwarding)
+        self._intake = 0
+        # first forwards waiting for a forwarder, and how many forwarders run
+        self._pending_forwards: collections.deque[models.Payment] = collections.deque()
+        self._forwarders = 0
         # query-on-read: out_trade_no → (when asked, the shared query task)
         self._read_queries: dict[str, tuple[dt.datetime, asyncio.Task[None]]] = {}
 
@@ -98,6 +104,31 @@ class ServiceCore:
         log.debug("payment.transitioned", out_trade_no=payment.out_trade_no, trigger=trigger.value,
                  source=source.value, from_state=payment.state.value, state=to.value)
         return moved
+
+    def _step(
+        self,
+        payment: models.Payment,
+        trigger: Trigger,
+        outcome: str,
+        *,
+        source: Source,
+        payload: Mapping[str, Any] | None = None,
+        detail: Mapping[str, Any] | None = None,
+        changes: Mapping[str, Any] | None = None,
+        lease_token: str | None = None,
+    ) -> Step:
+        """`_transition` as a `Step` for `store.decide`: planned now, written by the store."""
+        payload = dict(payload or {})
+        return Step(outcome, trigger, states.plan(payment, trigger, **payload), source.value,
+                    {**payload, **(detail or {})}, changes, lease_token)
+
+    def _count(self, step: Step, payment: models.Payment | None) -> None:
+        """Metrics and the debug line of a step `store.decide` wrote."""
+        if step.trigger is None or step.to is None or payment is None:
+            return
+        self.metrics.transitions.labels(trigger=step.trigger.value, source=step.source).inc()
+        log.debug("payment.transitioned", out_trade_no=payment.out_trade_no, trigger=step.trigger.value,
+                  source=step.source, from_state=payment.state.value, state=step.to.value)
 
     async def _apply(self, payment: models.Payment, trigger: Trigger, **kwargs: Any) -> models.Payment:
         """`_transition`, but a lost race returns the winner's payment instead of raising.

@@ -1,6 +1,18 @@
-"""Forwarding the paid event of a `notified` payment until the business backend acknowledges it."""
+"""Forwarding the paid event of a `notified` payment until the business backend acknowledges it.
+
+The first forward of a payment this process marked paid is queued here rather than started at once:
+at most `forward_concurrency` run together (so a burst of payments cannot become a burst of thousands of
+requests at the backend), and while WeChat notifications are being handled only one runs, so the
+acknowledgements WeChat is waiting for come first (WeChat redelivers what is not acknowledged within
+seconds, which only adds load). The queue is memory: the payment is durably `notified` under this
+process's lease before it is queued, so if the process dies, or the queue is full, or a forward waits past
+its lease, a sweeper forwards it instead.
+"""
 
 from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
 
 from payflow import logs, models
 from payflow.service.core import ServiceCore
@@ -10,6 +22,47 @@ log = logs.get_logger("payflow.service")
 
 
 class Forwarding(ServiceCore):
+    def forward_soon(self, payment: models.Payment) -> None:
+        """Queue the first forward of a payment whose lease this process holds; returns at once."""
+        if len(self._pending_forwards) >= self.settings.forward_backlog:
+            # The lease runs out and a sweeper forwards it.
+            log.warning("forward.left_to_sweeper", out_trade_no=payment.out_trade_no, reason="backlog_full",
+                        backlog=len(self._pending_forwards))
+            return
+        self._pending_forwards.append(payment)
+        self._start_forwarders()
+
+    @contextlib.contextmanager
+    def handling_notification(self) -> Iterator[None]:
+        """Mark a WeChat notification as in flight: first forwards drop to one at a time meanwhile."""
+        self._intake += 1
+        try:
+            yield
+        finally:
+            self._intake -= 1
+            if not self._intake and self._pending_forwards:
+                self._start_forwarders()
+
+    def _start_forwarders(self) -> None:
+        wanted = 1 if self._intake else self.settings.forward_concurrency
+        while self._forwarders < min(wanted, len(self._pending_forwards)):
+            self._forwarders += 1
+            self.spawn(self._forwarder(), name="forwarder")
+
+    async def _forwarder(self) -> None:
+        try:
+            while self._pending_forwards:
+                payment = self._pending_forwards.popleft()
+                if payment.next_attempt_at is not None and payment.next_attempt_at <= self.now():
+                    # Waited past its lease: a sweeper may be on it already, and will be if not.
+                    log.info("forward.left_to_sweeper", out_trade_no=payment.out_trade_no, reason="lease_expired")
+                    continue
+                await self.forward(payment)
+                if self._intake and self._forwarders > 1:
+                    break  # notifications are in flight again: leave the backlog to one forwarder
+        finally:
+            self._forwarders -= 1
+
     async def forward(self, payment: models.Payment) -> models.Payment:
         """One delivery attempt for a `notified` payment whose lease the caller holds.
 

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
 import secrets
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 
 from payflow import errors, logs, models
-from payflow.service.core import STALE_RETRIES, ServiceCore
+from payflow.service.core import ServiceCore
 from payflow.states import Source, State, Trigger
+from payflow.store import Step
 from payflow.wechat.api import Transaction
 from payflow.wechat.notify import (
     TRANSACTION_SUCCESS,
@@ -40,99 +42,94 @@ class Paid(ServiceCore):
             self.metrics.notifications.labels(outcome=exc.code).inc()
             log.info("notification.refused", reason=exc.code, error=str(exc))
             raise
-        with logs.bound(notification_id=note.notification_id):
+        in_flight = self.handling_notification()  # type: ignore[attr-defined]
+        with in_flight, logs.bound(notification_id=note.notification_id):
             outcome = await self._handle_verified(note)
             self.metrics.notifications.labels(outcome=_OUTCOME_METRIC.get(outcome, outcome)).inc()
             return outcome
 
     async def _handle_verified(self, note: VerifiedNotification) -> str:
-        with logs.bound(notification_id=note.notification_id):
-            if await self.store.get_notification(note.notification_id) is not None:
-                log.info("notification.duplicate")
+        txn = note.transaction
+        row = models.Notification(note.notification_id, self.now(), note.event_type,
+                                  txn.out_trade_no if txn else None, "", note.resource)
+        if note.event_type != TRANSACTION_SUCCESS or txn is None or txn.trade_state != "SUCCESS":
+            if not await self.store.record_notification(dataclasses.replace(row, outcome="ignored")):
                 return "duplicate"
-            received = self.now()
-            txn = note.transaction
-
-            def record(outcome: str) -> models.Notification:
-                return models.Notification(note.notification_id, received, note.event_type,
-                                           txn.out_trade_no if txn else None, outcome, note.resource)
-
-            if note.event_type != TRANSACTION_SUCCESS or txn is None or txn.trade_state != "SUCCESS":
-                await self.store.record_notification(record("ignored"))
-                log.info("notification.ignored", event_type=note.event_type)
-                return "ignored"
-            if txn.mchid != self.settings.wechat_mchid or txn.appid != self.settings.wechat_appid:
-                log.warning("notification.refused", reason="merchant_mismatch", mchid=txn.mchid, appid=txn.appid)
-                self.metrics.notifications.labels(outcome="mismatch").inc()
-                raise MalformedNotification("mchid/appid do not belong to this merchant")
-            with logs.bound(out_trade_no=txn.out_trade_no):
-                outcome = await self.confirm_paid(txn, Source.NOTIFY, record=record)
-                log.info("notification.handled", outcome=outcome)
-                return outcome
+            log.info("notification.ignored", event_type=note.event_type)
+            return "ignored"
+        if txn.mchid != self.settings.wechat_mchid or txn.appid != self.settings.wechat_appid:
+            log.warning("notification.refused", reason="merchant_mismatch", mchid=txn.mchid, appid=txn.appid)
+            self.metrics.notifications.labels(outcome="mismatch").inc()
+            raise MalformedNotification("mchid/appid do not belong to this merchant")
+        outcome = await self.confirm_paid(txn, Source.NOTIFY, notification=row)
+        log.info("notification.handled", out_trade_no=txn.out_trade_no, outcome=outcome)
+        return outcome
 
     async def confirm_paid(
         self,
         txn: Transaction,
         source: Source,
         *,
-        record: Callable[[str], models.Notification] | None = None,
+        notification: models.Notification | None = None,
     ) -> str:
         """Apply "WeChat says SUCCESS" to the payment; returns the outcome.
 
         Never moves a payment backwards; a wrong amount or a payment after close goes to needs_review.
-        `record` builds the notification row, which commits together with the transition it caused.
-        After `pay`, this process forwards at once in the background, holding a lease so no other
-        worker forwards the same payment meanwhile; if it dies, the lease runs out and a sweeper takes over.
+        `notification` (a notification row) commits together with whatever the news caused, and is
+        deduplicated by its id: a notification already recorded returns "duplicate" and changes nothing.
+        After `pay`, this process queues the forward (see `Forwarding`), holding a lease so no other worker
+        forwards the same payment meanwhile; if it dies, the lease runs out and a sweeper takes over.
         """
-        for _ in range(STALE_RETRIES):
-            payment = await self.store.get(txn.out_trade_no)
+        now = self.now()
+        facts = {"transaction_id": txn.transaction_id, "paid_amount": txn.amount, "paid_at": txn.success_time or now}
+        detail = {"payer_total": txn.payer_total, "success_time": _iso(txn.success_time)}
+        lease = secrets.token_hex(8)
+
+        def decide(payment: models.Payment | None) -> Step:
             if payment is None:
-                if record is not None:
-                    await self.store.record_notification(record("unknown_payment"))
-                log.error("alert.unknown_payment", out_trade_no=txn.out_trade_no, source=source.value,
-                          transaction_id=txn.transaction_id, amount=txn.amount)
-                return "unknown_payment"
-            facts = {"transaction_id": txn.transaction_id, "paid_amount": txn.amount,
-                     "paid_at": txn.success_time or self.now()}
-            detail = {"payer_total": txn.payer_total, "success_time": _iso(txn.success_time)}
-            try:
-                if payment.state in (State.CREATED, State.PREPAID):
-                    if txn.amount != payment.amount:
-                        await self._transition(
-                            payment, Trigger.FLAG, source=source, payload={"reason": "amount_mismatch"},
-                            detail={**detail, "paid_amount": txn.amount, "expected_amount": payment.amount},
-                            changes=facts, notification=record("amount_mismatch") if record else None)
-                        log.error("alert.amount_mismatch", out_trade_no=payment.out_trade_no,
-                                  paid_amount=txn.amount, expected_amount=payment.amount, source=source.value)
-                        return "amount_mismatch"
-                    lease = secrets.token_hex(8)
-                    paid = await self._transition(
-                        payment, Trigger.PAY, source=source,
-                        payload={"amount": txn.amount, "transaction_id": txn.transaction_id}, detail=detail,
-                        changes={**facts, "next_attempt_at": self.now() + dt.timedelta(seconds=self.settings.lease)},
-                        notification=record("accepted") if record else None, lease_token=lease)
-                    self.spawn(self.forward(paid), name=f"forward-{paid.out_trade_no}")
-                    return "accepted"
-                if payment.state is State.CLOSED:
-                    await self._transition(
-                        payment, Trigger.FLAG, source=source, payload={"reason": "paid_after_close"},
-                        detail={**detail, "paid_amount": txn.amount}, changes=facts,
-                        notification=record("paid_after_close") if record else None)
-                    log.error("alert.paid_after_close", out_trade_no=payment.out_trade_no, source=source.value,
-                              transaction_id=txn.transaction_id)
-                    return "paid_after_close"
-            except errors.StaleState:
-                continue  # someone moved it meanwhile; look again
-            except errors.GuardRejected as exc:
-                # e.g. a SUCCESS without transaction_id: not something to mark paid on
-                log.warning("payment.success_refused", out_trade_no=payment.out_trade_no, reason=exc.reason)
-                raise errors.WechatRetryable(f"WeChat's SUCCESS cannot be applied: {exc.reason}") from None
+                return Step("unknown_payment")
+            if payment.state in (State.CREATED, State.PREPAID):
+                if txn.amount != payment.amount:
+                    return self._step(payment, Trigger.FLAG, "amount_mismatch", source=source,
+                                      payload={"reason": "amount_mismatch"}, changes=facts,
+                                      detail={**detail, "paid_amount": txn.amount, "expected_amount": payment.amount})
+                return self._step(payment, Trigger.PAY, "accepted", source=source,
+                                  payload={"amount": txn.amount, "transaction_id": txn.transaction_id}, detail=detail,
+                                  changes={**facts, "next_attempt_at": now + dt.timedelta(seconds=self.settings.lease)},
+                                  lease_token=lease)
+            if payment.state is State.CLOSED:
+                return self._step(payment, Trigger.FLAG, "paid_after_close", source=source,
+                                  payload={"reason": "paid_after_close"}, detail={**detail, "paid_amount": txn.amount},
+                                  changes=facts)
             # notified / synced / reconciled / needs_review: a late or repeated SUCCESS changes nothing.
-            outcome = "in_review" if payment.state is State.NEEDS_REVIEW else "already_paid"
-            if record is not None:
-                await self.store.record_notification(record(outcome))
-            return outcome
-        raise errors.StoreUnavailable(f"payment {txn.out_trade_no} kept changing; try again")
+            return Step("in_review" if payment.state is State.NEEDS_REVIEW else "already_paid")
+
+        try:
+            decided = await self.store.decide(txn.out_trade_no, decide, at=now, notification=notification)
+        except errors.GuardRejected as exc:
+            # e.g. a SUCCESS without transaction_id: not something to mark paid on
+            log.warning("payment.success_refused", out_trade_no=txn.out_trade_no, reason=exc.reason)
+            raise errors.WechatRetryable(f"WeChat's SUCCESS cannot be applied: {exc.reason}") from None
+        step = decided.step
+        if step is None:
+            log.info("notification.duplicate", out_trade_no=txn.out_trade_no)
+            return "duplicate"
+        self._count(step, decided.before)
+        outcome = step.outcome
+        if outcome == "accepted":
+            assert decided.after is not None
+            self.forward_soon(decided.after)  # type: ignore[attr-defined]
+        elif outcome == "unknown_payment":
+            log.error("alert.unknown_payment", out_trade_no=txn.out_trade_no, source=source.value,
+                      transaction_id=txn.transaction_id, amount=txn.amount)
+        elif outcome == "amount_mismatch":
+            assert decided.before is not None
+            log.error("alert.amount_mismatch", out_trade_no=txn.out_trade_no, paid_amount=txn.amount,
+                      expected_amount=decided.before.amount, source=source.value)
+        elif outcome == "paid_after_close":
+            log.error("alert.paid_after_close", out_trade_no=txn.out_trade_no, source=source.value,
+                      transaction_id=txn.transaction_id)
+        return outcome
 
     async def view_payment(self, out_trade_no: str) -> models.Payment:
         """The payment as a payer's status poll should see it: asks WeChat while it is still `prepaid`.

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import abc
+import dataclasses
 import datetime as dt
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from payflow import errors, models, states
@@ -16,6 +17,37 @@ CHANGEABLE = frozenset({"prepay_id", "transaction_id", "paid_at", "paid_amount",
 UNSCHEDULED = frozenset({State.SYNCED, State.RECONCILED, State.CLOSED, State.NEEDS_REVIEW})
 # A reconciliation run still `running` after this long is taken to have died with its process.
 RUN_STALE_AFTER = dt.timedelta(hours=1)
+# How often `decide` re-reads and decides again while concurrent writers keep winning the CAS.
+DECIDE_RETRIES = 5
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Step:
+    """What to do with a payment, decided from the payment as it stands when the step is written.
+
+    `to` None (and `trigger` None): no transition; the notification row, if any, is still recorded with
+    `outcome`. Otherwise `to` is what `states.plan` said `trigger` does to the payment decided on.
+    """
+
+    outcome: str
+    trigger: Trigger | None = None
+    to: State | None = None
+    source: str = ""
+    detail: Mapping[str, Any] | None = None
+    changes: Mapping[str, Any] | None = None
+    lease_token: str | None = None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Decided:
+    """The result of `PaymentStore.decide`; `step` None means the notification was already recorded."""
+
+    step: Step | None
+    before: models.Payment | None  # as `decide` saw it
+    after: models.Payment | None  # as written (`before` when nothing changed)
+
+
+Decide = Callable[[models.Payment | None], Step]
 
 
 def transition_changes(
@@ -78,6 +110,45 @@ class PaymentStore(abc.ABC):
         `next_attempt_at` (how the process that took a notification keeps the first forward to itself).
         Raises `IllegalTransition` if the table has no such step, `StaleState` if the CAS lost.
         """
+
+    async def decide(
+        self,
+        out_trade_no: str,
+        decide: Decide,
+        *,
+        at: dt.datetime,
+        notification: models.Notification | None = None,
+    ) -> Decided:
+        """Read the payment, call `decide(payment or None)` and write the step it returns, atomically.
+
+        `notification`, when given, is recorded with the step (its outcome set to the step's). If a
+        notification with its id is already recorded, nothing is decided or written: `Decided(None, ...)`.
+        `decide` must be pure: it may run more than once, and on a thread of the store's. Exceptions it
+        raises (e.g. `GuardRejected` from `states.plan`) reach the caller, with nothing written.
+
+        This generic version reads, then writes with CAS, and decides again from a fresh read when the
+        CAS loses. A store that can read inside its write transaction overrides it: one round trip, no
+        lost races.
+        """
+        for _ in range(DECIDE_RETRIES):
+            if notification is not None and await self.get_notification(notification.notification_id):
+                return Decided(None, None, None)
+            payment = await self.get(out_trade_no)
+            step = decide(payment)
+            row = dataclasses.replace(notification, outcome=step.outcome) if notification is not None else None
+            if step.to is None or step.trigger is None or payment is None:
+                if row is not None and not await self.record_notification(row):
+                    return Decided(None, None, None)  # recorded meanwhile by a concurrent delivery
+                return Decided(step, payment, payment)
+            try:
+                moved = await self.transition(
+                    payment, step.to, step.trigger,
+                    source=step.source, at=at, detail=step.detail, changes=step.changes, notification=row,
+                    lease_token=step.lease_token)
+            except errors.StaleState:
+                continue  # someone moved it meanwhile: decide again from what they left
+            return Decided(step, payment, moved)
+        raise errors.StoreUnavailable(f"payment {out_trade_no} kept changing; try again")
 
     @abc.abstractmethod
     async def reschedule(

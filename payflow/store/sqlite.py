@@ -7,6 +7,7 @@ uncommitted state and never queue behind a commit.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import secrets
@@ -18,7 +19,7 @@ import aiosqlite
 
 from payflow import errors, models
 from payflow.states import State, Trigger
-from payflow.store import RUN_STALE_AFTER, UNSCHEDULED, PaymentStore, transition_changes
+from payflow.store import RUN_STALE_AFTER, UNSCHEDULED, Decide, Decided, PaymentStore, transition_changes
 from payflow.store.group_commit import GroupCommitWriter
 from payflow.store.sqlite_schema import (
     MIGRATIONS,
@@ -116,25 +117,38 @@ class SqliteStore(PaymentStore):
     ) -> models.Payment:
         to, trigger = State(to), Trigger(trigger)
         values = transition_changes(payment, to, trigger, changes)
-        assignments = ", ".join(f"{column} = ?" for column in values)
-        params = [ts(v) if isinstance(v, dt.datetime) else v for v in values.values()]
+        return await self.writes.submit(lambda db: _cas(db, payment, to, trigger, values, source=source, at=at,
+                                                          detail=detail, notification=notification,
+                                                          lease_token=lease_token))
 
-        def work(db: sqlite3.Connection) -> models.Payment:
-            rows = list(db.execute(
-                f"UPDATE payments SET state = ?, version = version + 1, lease_token = ?, "
-                f"updated_at = ?, {assignments} "
-                f"WHERE out_trade_no = ? AND state = ? AND version = ? RETURNING {PAYMENT_COLUMNS}",
-                (to.value, lease_token, ts(at), *params, payment.out_trade_no, payment.state.value,
-                 payment.version),
-            ))
-            if len(rows) != 1:
-                raise errors.StaleState(
-                    f"payment {payment.out_trade_no} is no longer {payment.state.value} v{payment.version}"
-                )
-            insert_event(db, payment.out_trade_no, payment.state, to, trigger.value, source, detail, at)
-            if notification is not None:
-                insert_notification(db, notification)
-            return payment_row(rows[0])
+    async def decide(
+        self,
+        out_trade_no: str,
+        decide: Decide,
+        *,
+        at: dt.datetime,
+        notification: models.Notification | None = None,
+    ) -> Decided:
+        # The read, the decision and the write all happen in one write of the batch, on the writer's
+        # connection: nothing can change the payment in between, and its pages are in that connection's
+        # cache (the read connection's cache is emptied by every commit).
+        def work(db: sqlite3.Connection) -> Decided:
+            if notification is not None and db.execute("SELECT 1 FROM notifications WHERE notification_id = ?",
+                                                       (notification.notification_id,)).fetchone():
+                return Decided(None, None, None)
+            rows = db.execute(f"SELECT {PAYMENT_COLUMNS} FROM payments WHERE out_trade_no = ?",
+                              (out_trade_no,)).fetchall()
+            payment = payment_row(rows[0]) if rows else None
+            step = decide(payment)
+            row = dataclasses.replace(notification, outcome=step.outcome) if notification is not None else None
+            if step.to is None or step.trigger is None or payment is None:
+                if row is not None:
+                    insert_notification(db, row)
+                return Decided(step, payment, payment)
+            values = transition_changes(payment, step.to, step.trigger, step.changes)
+            moved = _cas(db, payment, step.to, step.trigger, values, source=step.source, at=at, detail=step.detail,
+                         notification=row, lease_token=step.lease_token)
+            return Decided(step, payment, moved)
 
         return await self.writes.submit(work)
 
@@ -324,3 +338,30 @@ class SqliteStore(PaymentStore):
         return notification_row(rows[0]) if rows else None
 
 
+def _cas(
+    db: sqlite3.Connection,
+    payment: models.Payment,
+    to: State,
+    trigger: Trigger,
+    values: Mapping[str, Any],
+    *,
+    source: str,
+    at: dt.datetime,
+    detail: Mapping[str, Any] | None,
+    notification: models.Notification | None,
+    lease_token: str | None,
+) -> models.Payment:
+    """On the writer's connection: the compare-and-set, its event row, and the notification row if any."""
+    assignments = "".join(f", {column} = ?" for column in values)
+    params = [ts(v) if isinstance(v, dt.datetime) else v for v in values.values()]
+    rows = db.execute(
+        f"UPDATE payments SET state = ?, version = version + 1, lease_token = ?, updated_at = ?{assignments} "
+        f"WHERE out_trade_no = ? AND state = ? AND version = ? RETURNING {PAYMENT_COLUMNS}",
+        (to.value, lease_token, ts(at), *params, payment.out_trade_no, payment.state.value, payment.version),
+    ).fetchall()
+    if len(rows) != 1:
+        raise errors.StaleState(f"payment {payment.out_trade_no} is no longer {payment.state.value} v{payment.version}")
+    insert_event(db, payment.out_trade_no, payment.state, to, trigger.value, source, detail, at)
+    if notification is not None:
+        insert_notification(db, notification)
+    return payment_row(rows[0])

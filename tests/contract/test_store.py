@@ -16,7 +16,7 @@ import pytest
 
 from payflow import errors, models
 from payflow.states import Source, State, Trigger
-from payflow.store import PaymentStore
+from payflow.store import PaymentStore, Step
 from tests import factories
 from tests.factories import T0
 
@@ -319,3 +319,76 @@ async def test_committed_write_survives_sigkill(
     payment = await store.get("CHILD00001")
     assert payment is not None and payment.state is State.PREPAID and payment.prepay_id == "wx-child"
     assert [e.trigger for e in await store.events("CHILD00001")] == ["create", "prepay"]
+
+
+def _pay(payment: models.Payment | None) -> Step:
+    """A decision like the service's: pay a prepaid payment, leave any other alone."""
+    if payment is None:
+        return Step("unknown_payment")
+    if payment.state is State.PREPAID:
+        return Step("accepted", Trigger.PAY, State.NOTIFIED, "notify", {"transaction_id": "42"},
+                    {"transaction_id": "42", "paid_amount": payment.amount}, lease_token="lease-1")
+    return Step("already_paid")
+
+
+def _note(notification_id: str, out_trade_no: str | None) -> models.Notification:
+    return models.Notification(notification_id=notification_id, received_at=T0, event_type="TRANSACTION.SUCCESS",
+                               out_trade_no=out_trade_no, outcome="", resource={"trade_state": "SUCCESS"})
+
+
+async def test_decide_writes_the_step_with_its_event_and_notification(store: PaymentStore) -> None:
+    payment = await _prepaid(store)
+    decided = await store.decide(payment.out_trade_no, _pay, at=T0, notification=_note("EV-D", payment.out_trade_no))
+    assert decided.step is not None and decided.step.outcome == "accepted"
+    assert decided.before == payment
+    assert decided.after == await store.get(payment.out_trade_no)
+    assert decided.after is not None and decided.after.state is State.NOTIFIED
+    assert (decided.after.transaction_id, decided.after.lease_token) == ("42", "lease-1")
+    last = (await store.events(payment.out_trade_no))[-1]
+    assert (last.from_state, last.to_state, last.trigger, last.source) == (State.PREPAID, State.NOTIFIED, "pay",
+                                                                          "notify")
+    assert (await store.get_notification("EV-D")).outcome == "accepted"  # type: ignore[union-attr]
+
+    # The same notification again: nothing decided, nothing written.
+    again = await store.decide(payment.out_trade_no, _pay, at=T0, notification=_note("EV-D", payment.out_trade_no))
+    assert again.step is None
+    assert len(await store.events(payment.out_trade_no)) == 3
+    # Another notification of the same payment: decided from the payment as it is now.
+    late = await store.decide(payment.out_trade_no, _pay, at=T0, notification=_note("EV-E", payment.out_trade_no))
+    assert late.step is not None and late.step.outcome == "already_paid" and late.after == decided.after
+    assert (await store.get_notification("EV-E")).outcome == "already_paid"  # type: ignore[union-attr]
+
+
+async def test_decide_on_an_unknown_payment_records_the_notification(store: PaymentStore) -> None:
+    decided = await store.decide("PF-nobody", _pay, at=T0, notification=_note("EV-U", "PF-nobody"))
+    assert decided.step is not None and decided.step.outcome == "unknown_payment"
+    assert decided.before is None and decided.after is None
+    assert (await store.get_notification("EV-U")).outcome == "unknown_payment"  # type: ignore[union-attr]
+
+
+async def test_a_refused_decision_writes_nothing(store: PaymentStore) -> None:
+    payment = await _prepaid(store)
+
+    def refuse(_: models.Payment | None) -> Step:
+        raise errors.GuardRejected("prepaid", "pay", "no transaction_id")
+
+    with pytest.raises(errors.GuardRejected):
+        await store.decide(payment.out_trade_no, refuse, at=T0, notification=_note("EV-R", payment.out_trade_no))
+    assert await store.get(payment.out_trade_no) == payment
+    assert await store.get_notification("EV-R") is None
+
+
+async def test_concurrent_decisions_pay_once(store: PaymentStore) -> None:
+    payment = await _prepaid(store)
+    results = await asyncio.gather(*(
+        store.decide(payment.out_trade_no, _pay, at=T0, notification=_note(f"EV-{i}", payment.out_trade_no))
+        for i in range(8)))
+    outcomes = sorted(r.step.outcome for r in results if r.step is not None)
+    assert outcomes == ["accepted"] + ["already_paid"] * 7
+    assert [e.trigger for e in await store.events(payment.out_trade_no)].count("pay") == 1
+    # Eight deliveries of one notification: it is recorded, and acts, once.
+    other = await _prepaid(store)
+    same = await asyncio.gather(*(
+        store.decide(other.out_trade_no, _pay, at=T0, notification=_note("EV-same", other.out_trade_no))
+        for _ in range(8)))
+    assert sorted(r.step.outcome if r.step else "duplicate" for r in same) == ["accepted"] + ["duplicate"] * 7

@@ -195,7 +195,7 @@ async def test_store_failure_answers_500_so_wechat_retries(
     async def broken(*args: Any, **kwargs: Any) -> Any:
         raise errors.StoreUnavailable("disk on fire")
 
-    monkeypatch.setattr(sqlite_store, "transition", broken)
+    monkeypatch.setattr(sqlite_store, "decide", broken)
     body = wx.envelope(keyset, wx.transaction(keyset, prepaid.out_trade_no, 1999), notification_id="EV-S")
     await _fail(await _post(client, keyset, clock, body), 500)
     monkeypatch.undo()
