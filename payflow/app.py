@@ -60,12 +60,7 @@ def create_app(
     Tests that drive the sweeper themselves (`Sweeper.run_once()`) pass `run_sweeper=False`.
     """
     app = web.Application(
-        middlewares=[
-            middlewares.request_id_middleware,
-            middlewares.error_middleware,
-            middlewares.auth_middleware,
-            middlewares.body_limit_middleware,
-        ],
+        middlewares=[middlewares.api_middleware],
         client_max_size=settings.max_body_bytes,
     )
     app[keys.SETTINGS] = settings

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Mapping
 from typing import Any
 
 import structlog
@@ -62,8 +62,19 @@ def get_logger(name: str) -> structlog.stdlib.BoundLogger:
     return structlog.stdlib.get_logger(name)
 
 
-@contextmanager
-def bound(**context: Any) -> Iterator[None]:
-    """Bind context (request_id, out_trade_no, ...) for the current task only."""
-    with structlog.contextvars.bound_contextvars(**context):
-        yield
+class bound:  # noqa: N801 — used like a function: `with logs.bound(out_trade_no=...):`
+    """Bind context (request_id, out_trade_no, ...) for the current task only; on exit, each key gets back
+    exactly the value it had. (structlog's `bound_contextvars` does the same, but copies the whole context
+    on entry; this runs on every request.)"""
+
+    __slots__ = ("_context", "_tokens")
+
+    def __init__(self, **context: Any) -> None:
+        self._context = context
+        self._tokens: Mapping[str, contextvars.Token[Any]] = {}
+
+    def __enter__(self) -> None:
+        self._tokens = structlog.contextvars.bind_contextvars(**self._context)
+
+    def __exit__(self, *exc: object) -> None:
+        structlog.contextvars.reset_contextvars(**self._tokens)

@@ -85,6 +85,8 @@ class Notification:
     out_trade_no: str | None
     outcome: str
     resource: dict[str, Any]
+    # The decrypted resource exactly as WeChat sent it, when known: stored as is (no re-encoding).
+    resource_json: str | None = dataclasses.field(default=None, compare=False, repr=False)
 
 
 def _iso(value: dt.datetime | None) -> str | None:

@@ -76,7 +76,7 @@ _PAY_PARAMS = _object({
 
 
 def _error(codes: list[str], *, with_state: bool = False) -> Schema:
-    """The error envelope of middlewares.error_middleware, narrowed to the codes one status can carry."""
+    """The error envelope of middlewares.api_middleware, narrowed to the codes one status can carry."""
     body: dict[str, Schema] = {
         "code": {"type": "string", "enum": codes},
         "message": {"type": "string"},

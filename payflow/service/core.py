@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextvars
 import datetime as dt
 import random
 from collections.abc import Coroutine, Mapping
@@ -153,9 +154,14 @@ class ServiceCore:
 
     # --- background work ----------------------------------------------------------------------
 
-    def spawn(self, coroutine: Coroutine[Any, Any, Any], name: str) -> None:
-        """Run `coroutine` in the background; kept so shutdown can wait for it, and failures logged."""
-        task = asyncio.get_running_loop().create_task(coroutine, name=name)
+    def spawn(
+        self, coroutine: Coroutine[Any, Any, Any], name: str, *, context: contextvars.Context | None = None
+    ) -> None:
+        """Run `coroutine` in the background; kept so shutdown can wait for it, and failures logged.
+
+        It inherits the caller's log context (request id, ...) unless given another `context`.
+        """
+        task = asyncio.get_running_loop().create_task(coroutine, name=name, context=context)
         self._tasks.add(task)
         task.add_done_callback(self._finished)
 

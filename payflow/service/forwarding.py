@@ -12,6 +12,7 @@ its lease, a sweeper forwards it instead.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 from collections.abc import Iterator
 
 from payflow import logs, models
@@ -47,7 +48,8 @@ class Forwarding(ServiceCore):
         wanted = 1 if self._intake else self.settings.forward_concurrency
         while self._forwarders < min(wanted, len(self._pending_forwards)):
             self._forwarders += 1
-            self.spawn(self._forwarder(), name="forwarder")
+            # A forwarder outlives the request that started it: none of that request's log context.
+            self.spawn(self._forwarder(), name="forwarder", context=contextvars.Context())
 
     async def _forwarder(self) -> None:
         try:

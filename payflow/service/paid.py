@@ -51,7 +51,7 @@ class Paid(ServiceCore):
     async def _handle_verified(self, note: VerifiedNotification) -> str:
         txn = note.transaction
         row = models.Notification(note.notification_id, self.now(), note.event_type,
-                                  txn.out_trade_no if txn else None, "", note.resource)
+                                  txn.out_trade_no if txn else None, "", note.resource, note.resource_json)
         if note.event_type != TRANSACTION_SUCCESS or txn is None or txn.trade_state != "SUCCESS":
             if not await self.store.record_notification(dataclasses.replace(row, outcome="ignored")):
                 return "duplicate"

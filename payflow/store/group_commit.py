@@ -87,10 +87,23 @@ class GroupCommitWriter:
 
     async def _commit(self, batch: list[_Item]) -> None:
         live = [item for item in batch if not item.future.cancelled()]  # a caller gone before: apply nothing
+        conn = self._db._conn  # aiosqlite has no public API for any of this
         try:
-            # The whole batch is one call on the connection's thread: one hop to it and back, whatever the
-            # batch size, instead of one per statement (aiosqlite has no public API for this).
-            outcomes = await self._db._execute(_run_batch, self._db._conn, [item.work for item in live])
+            # BEGIN IMMEDIATE may wait for another process's write lock (busy_timeout), and COMMIT waits for
+            # the fsync: both run on the connection's thread. The writes in between only touch pages in
+            # memory, so they run right here on the event loop: no thread hop or GIL handoff per statement,
+            # and the Python of each write (decisions, row mapping, JSON) is not stuck behind the loop's.
+            await self._db._execute(conn.execute, "BEGIN IMMEDIATE")
+            try:
+                outcomes = _apply_all(conn, [item.work for item in live])
+            except BaseException:
+                await self._db._execute(_rollback, conn)
+                raise
+            try:
+                await self._db._execute(conn.execute, "COMMIT")
+            except BaseException:
+                await self._db._execute(_rollback, conn)
+                raise
         except sqlite3.Error as exc:
             # The batch as a whole did not commit: nobody may be told their write succeeded.
             failure = errors.StoreUnavailable(f"SQLite commit failed: {exc}")
@@ -111,28 +124,26 @@ class GroupCommitWriter:
                 item.future.set_exception(value)
 
 
-def _run_batch(conn: sqlite3.Connection, works: list[Work]) -> list[tuple[bool, Any]]:
-    """On the connection's thread: BEGIN, each write under its own savepoint, COMMIT."""
+def _apply_all(conn: sqlite3.Connection, works: list[Work]) -> list[tuple[bool, Any]]:
+    """Inside the batch's transaction: each write under its own savepoint."""
     outcomes: list[tuple[bool, Any]] = []
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        for work in works:
-            conn.execute("SAVEPOINT write")
-            try:
-                value = work(conn)
-            except Exception as exc:  # noqa: BLE001 — this write's failure is its caller's alone
-                conn.execute("ROLLBACK TO write")
-                conn.execute("RELEASE write")
-                outcomes.append((False, _store_error(exc)))
-                continue
+    for work in works:
+        conn.execute("SAVEPOINT write")
+        try:
+            value = work(conn)
+        except Exception as exc:  # noqa: BLE001 — this write's failure is its caller's alone
+            conn.execute("ROLLBACK TO write")
             conn.execute("RELEASE write")
-            outcomes.append((True, value))
-        conn.execute("COMMIT")
-    except BaseException:
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-        raise
+            outcomes.append((False, _store_error(exc)))
+            continue
+        conn.execute("RELEASE write")
+        outcomes.append((True, value))
     return outcomes
+
+
+def _rollback(conn: sqlite3.Connection) -> None:
+    if conn.in_transaction:
+        conn.execute("ROLLBACK")
 
 
 def _store_error(exc: Exception) -> Exception:

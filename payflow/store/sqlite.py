@@ -351,17 +351,23 @@ def _cas(
     notification: models.Notification | None,
     lease_token: str | None,
 ) -> models.Payment:
-    """On the writer's connection: the compare-and-set, its event row, and the notification row if any."""
+    """On the writer's connection: the compare-and-set, its event row, and the notification row if any.
+
+    Returns the payment as written: the CAS matched (state, version), and every write bumps the version,
+    so the row is `payment` with exactly the columns set here changed (no RETURNING and re-mapping).
+    """
     assignments = "".join(f", {column} = ?" for column in values)
     params = [ts(v) if isinstance(v, dt.datetime) else v for v in values.values()]
-    rows = db.execute(
+    cursor = db.execute(
         f"UPDATE payments SET state = ?, version = version + 1, lease_token = ?, updated_at = ?{assignments} "
-        f"WHERE out_trade_no = ? AND state = ? AND version = ? RETURNING {PAYMENT_COLUMNS}",
+        "WHERE out_trade_no = ? AND state = ? AND version = ?",
         (to.value, lease_token, ts(at), *params, payment.out_trade_no, payment.state.value, payment.version),
-    ).fetchall()
-    if len(rows) != 1:
+    )
+    if cursor.rowcount != 1:
         raise errors.StaleState(f"payment {payment.out_trade_no} is no longer {payment.state.value} v{payment.version}")
     insert_event(db, payment.out_trade_no, payment.state, to, trigger.value, source, detail, at)
     if notification is not None:
         insert_notification(db, notification)
-    return payment_row(rows[0])
+    written = {k: from_ts(ts(v)) if isinstance(v, dt.datetime) else v for k, v in values.items()}  # as read back
+    return dataclasses.replace(payment, state=to, version=payment.version + 1, lease_token=lease_token,
+                               updated_at=from_ts(ts(at)), **written)

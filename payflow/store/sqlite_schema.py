@@ -115,6 +115,8 @@ def ts(value: dt.datetime | None) -> str | None:
     """Fixed-width UTC text, so SQL string comparison orders like time does."""
     if value is None:
         return None
+    if value.tzinfo is dt.UTC:
+        return value.isoformat(timespec="microseconds")
     if value.tzinfo is None:
         raise ValueError("naive datetime reached the store; payflow times are timezone-aware")
     return value.astimezone(dt.UTC).isoformat(timespec="microseconds")
@@ -181,7 +183,9 @@ async def connect(path: str) -> aiosqlite.Connection:
     # Probe in a plain thread first: when aiosqlite's own connect fails, its worker thread may later
     # report to an event loop that is already closed.
     await asyncio.to_thread(lambda: sqlite3.connect(path).close())
-    db = await aiosqlite.connect(path, isolation_level=None)
+    # Not bound to one thread: the group-commit writer runs a batch's statements on the event loop and
+    # its BEGIN and COMMIT on aiosqlite's thread, one at a time (see group_commit).
+    db = await aiosqlite.connect(path, isolation_level=None, check_same_thread=False)
     db.row_factory = sqlite3.Row
     # Another process (a second replica starting, the CLI's `inspect`) may hold the write lock briefly.
     await db.execute("PRAGMA busy_timeout = 10000")
@@ -239,6 +243,8 @@ def insert_notification(db: sqlite3.Connection, notification: models.Notificatio
         "INSERT INTO notifications (notification_id, out_trade_no, event_type, outcome, resource, received_at) "
         "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (notification_id) DO NOTHING",
         (notification.notification_id, notification.out_trade_no, notification.event_type,
-         notification.outcome, to_json(notification.resource), ts(notification.received_at)),
+         notification.outcome,
+         notification.resource_json if notification.resource_json is not None else to_json(notification.resource),
+         ts(notification.received_at)),
     )
     return cursor.rowcount == 1

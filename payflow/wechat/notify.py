@@ -51,6 +51,7 @@ class VerifiedNotification:
     create_time: str
     resource: dict[str, Any]  # decrypted; payment facts, never secrets
     transaction: Transaction | None  # None unless the resource is a transaction
+    resource_json: str  # the decrypted resource as sent
 
 
 class NotificationVerifier:
@@ -90,7 +91,8 @@ class NotificationVerifier:
                 raise ValueError(f"unsupported algorithm {resource.get('algorithm')!r}")
             plaintext = crypto.aead_decrypt(self._apiv3_key, resource["nonce"], resource.get("associated_data"),
                                             resource["ciphertext"])
-            decrypted = json.loads(plaintext)
+            resource_json = plaintext.decode("utf-8")
+            decrypted = json.loads(resource_json)
             if not isinstance(decrypted, dict):
                 raise TypeError("decrypted resource is not an object")
         except crypto.CryptoError as exc:
@@ -104,4 +106,4 @@ class NotificationVerifier:
             except errors.WechatError as exc:
                 raise MalformedNotification(str(exc)) from None
         return VerifiedNotification(notification_id, str(event_type), str(envelope.get("create_time", "")),
-                                    decrypted, transaction)
+                                    decrypted, transaction, resource_json)

@@ -392,3 +392,17 @@ async def test_concurrent_decisions_pay_once(store: PaymentStore) -> None:
         store.decide(other.out_trade_no, _pay, at=T0, notification=_note("EV-same", other.out_trade_no))
         for _ in range(8)))
     assert sorted(r.step.outcome if r.step else "duplicate" for r in same) == ["accepted"] + ["duplicate"] * 7
+
+
+async def test_a_transition_returns_the_payment_exactly_as_stored(store: PaymentStore) -> None:
+    payment = await _prepaid(store)
+    shanghai = dt.timezone(dt.timedelta(hours=8))
+    paid_at = dt.datetime(2026, 11, 26, 20, 1, 2, 123456, tzinfo=shanghai)
+    moved = await store.transition(payment, State.NOTIFIED, Trigger.PAY, source=Source.NOTIFY,
+                                   at=T0.astimezone(shanghai), changes={"transaction_id": "1", "paid_at": paid_at})
+    stored = await store.get(payment.out_trade_no)
+    assert moved == stored
+    assert stored is not None and moved.paid_at is not None and moved.updated_at is not None
+    # the same instants, and the same text wherever they are shown (the paid event, views)
+    assert (moved.paid_at.isoformat(), moved.updated_at.isoformat()) == (stored.paid_at.isoformat(),  # type: ignore[union-attr]
+                                                                        stored.updated_at.isoformat())
