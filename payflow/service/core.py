@@ -6,6 +6,7 @@ import asyncio
 import collections
 import contextvars
 import datetime as dt
+import logging
 import random
 from collections.abc import Coroutine, Mapping
 from typing import Any
@@ -21,6 +22,7 @@ from payflow.wechat.api import WechatApi
 from payflow.wechat.notify import NotificationVerifier
 
 log = logs.get_logger("payflow.service")
+_stdlib_log = logging.getLogger("payflow.service")  # where structlog sends it; its level decides
 
 SHANGHAI = dt.timezone(dt.timedelta(hours=8), "Asia/Shanghai")
 # How often to re-read and re-decide when concurrent writers keep winning the CAS.
@@ -128,8 +130,9 @@ class ServiceCore:
         if step.trigger is None or step.to is None or payment is None:
             return
         self.metrics.transitions.labels(trigger=step.trigger.value, source=step.source).inc()
-        log.debug("payment.transitioned", out_trade_no=payment.out_trade_no, trigger=step.trigger.value,
-                  source=step.source, from_state=payment.state.value, state=step.to.value)
+        if _stdlib_log.isEnabledFor(logging.DEBUG):  # skips building an event that would be dropped
+            log.debug("payment.transitioned", out_trade_no=payment.out_trade_no, trigger=step.trigger.value,
+                      source=step.source, from_state=payment.state.value, state=step.to.value)
 
     async def _apply(self, payment: models.Payment, trigger: Trigger, **kwargs: Any) -> models.Payment:
         """`_transition`, but a lost race returns the winner's payment instead of raising.

@@ -171,12 +171,27 @@ def plan(payment: PaymentLike, trigger: Trigger | str, **payload: Any) -> State:
     """Return where `trigger` takes `payment`, or raise IllegalTransition / GuardRejected.
 
     Pure: the payment is not modified; the event runs on a throwaway probe.
+
+    The machine's answer depends only on (state, trigger) and on whether each guard passes, and guards
+    are pure: so once the machine has answered for a (state, trigger) whose guards all pass, that answer
+    is remembered (running an event through `transitions` costs more than the rest of a notification's
+    decision). A refusal always goes to the machine, which says why.
     """
     trigger = Trigger(trigger)
     state = State(payment.state)
     if (state, trigger) not in _DESTINATIONS:
         raise errors.IllegalTransition(state.value, trigger.value)
+    passes = all(guard(payment, payload) is None for guard in GUARDS.get(trigger, ()))
+    if passes and (known := _PLANNED.get((state, trigger))) is not None:
+        return known
     probe = _Probe(payment, payload)
     if not _MACHINE.events[trigger.value].trigger(probe):
         raise errors.GuardRejected(state.value, trigger.value, probe.rejection or "guard refused")
-    return State(probe.state)
+    planned = State(probe.state)
+    if passes:
+        _PLANNED[(state, trigger)] = planned
+    return planned
+
+
+# (state, trigger) → where the machine took a payment whose guards all passed; filled by plan().
+_PLANNED: dict[tuple[State, Trigger], State] = {}

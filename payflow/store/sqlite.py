@@ -368,6 +368,11 @@ def _cas(
     insert_event(db, payment.out_trade_no, payment.state, to, trigger.value, source, detail, at)
     if notification is not None:
         insert_notification(db, notification)
-    written = {k: from_ts(ts(v)) if isinstance(v, dt.datetime) else v for k, v in values.items()}  # as read back
+    written = {k: _utc(v) if isinstance(v, dt.datetime) else v for k, v in values.items()}
     return dataclasses.replace(payment, state=to, version=payment.version + 1, lease_token=lease_token,
-                               updated_at=from_ts(ts(at)), **written)
+                               updated_at=_utc(at), **written)
+
+
+def _utc(value: dt.datetime) -> dt.datetime:
+    """A time as the store reads it back: in UTC (`ts` keeps every microsecond)."""
+    return value if value.tzinfo is dt.UTC else value.astimezone(dt.UTC)
