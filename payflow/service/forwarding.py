@@ -11,9 +11,7 @@ its lease, a sweeper forwards it instead.
 
 from __future__ import annotations
 
-import contextlib
 import contextvars
-from collections.abc import Iterator
 
 from payflow import logs, models
 from payflow.service.core import ServiceCore
@@ -33,16 +31,10 @@ class Forwarding(ServiceCore):
         self._pending_forwards.append(payment)
         self._start_forwarders()
 
-    @contextlib.contextmanager
-    def handling_notification(self) -> Iterator[None]:
-        """Mark a WeChat notification as in flight: first forwards drop to one at a time meanwhile."""
-        self._intake += 1
-        try:
-            yield
-        finally:
-            self._intake -= 1
-            if not self._intake and self._pending_forwards:
-                self._start_forwarders()
+    def handling_notification(self) -> _InFlight:
+        """`with service.handling_notification():` marks a WeChat notification as in flight; first forwards
+        drop to one at a time meanwhile."""
+        return _InFlight(self)
 
     def _start_forwarders(self) -> None:
         wanted = 1 if self._intake else self.settings.forward_concurrency
@@ -99,3 +91,19 @@ class Forwarding(ServiceCore):
             return await self._apply(payment, Trigger.FLAG, source=Source.SWEEPER,
                                      payload={"reason": "forward_exhausted"}, detail=detail)
         return await self._reschedule(payment, self.after(schedule[failures - 1]), failures)
+
+
+class _InFlight:
+    __slots__ = ("_service",)
+
+    def __init__(self, service: Forwarding) -> None:
+        self._service = service
+
+    def __enter__(self) -> None:
+        self._service._intake += 1
+
+    def __exit__(self, *exc: object) -> None:
+        service = self._service
+        service._intake -= 1
+        if not service._intake and service._pending_forwards:
+            service._start_forwarders()

@@ -133,21 +133,18 @@ class SqliteStore(PaymentStore):
         # connection: nothing can change the payment in between, and its pages are in that connection's
         # cache (the read connection's cache is emptied by every commit).
         def work(db: sqlite3.Connection) -> Decided:
-            if notification is not None and db.execute("SELECT 1 FROM notifications WHERE notification_id = ?",
-                                                       (notification.notification_id,)).fetchone():
-                return Decided(None, None, None)
             rows = db.execute(f"SELECT {PAYMENT_COLUMNS} FROM payments WHERE out_trade_no = ?",
                               (out_trade_no,)).fetchall()
             payment = payment_row(rows[0]) if rows else None
             step = decide(payment)
-            row = dataclasses.replace(notification, outcome=step.outcome) if notification is not None else None
+            if notification is not None and not insert_notification(
+                    db, dataclasses.replace(notification, outcome=step.outcome)):
+                return Decided(None, None, None)  # recorded before: nothing was written, nothing will be
             if step.to is None or step.trigger is None or payment is None:
-                if row is not None:
-                    insert_notification(db, row)
                 return Decided(step, payment, payment)
             values = transition_changes(payment, step.to, step.trigger, step.changes)
             moved = _cas(db, payment, step.to, step.trigger, values, source=step.source, at=at, detail=step.detail,
-                         notification=row, lease_token=step.lease_token)
+                         notification=None, lease_token=step.lease_token)
             return Decided(step, payment, moved)
 
         return await self.writes.submit(work)
