@@ -89,21 +89,11 @@ class GroupCommitWriter:
         live = [item for item in batch if not item.future.cancelled()]  # a caller gone before: apply nothing
         conn = self._db._conn  # aiosqlite has no public API for any of this
         try:
-            # BEGIN IMMEDIATE may wait for another process's write lock (busy_timeout), and COMMIT waits for
-            # the fsync: both run on the connection's thread. The writes in between only touch pages in
-            # memory, so they run right here on the event loop: no thread hop or GIL handoff per statement,
-            # and the Python of each write (decisions, row mapping, JSON) is not stuck behind the loop's.
-            await self._db._execute(conn.execute, "BEGIN IMMEDIATE")
-            try:
-                outcomes = _apply_all(conn, [item.work for item in live])
-            except BaseException:
-                await self._db._execute(_rollback, conn)
-                raise
-            try:
-                await self._db._execute(conn.execute, "COMMIT")
-            except BaseException:
-                await self._db._execute(_rollback, conn)
-                raise
+            if len(live) <= 1:
+                # A lone write (a quiet moment): all of it on the connection's thread, one hop there and back.
+                outcomes = await self._db._execute(_run_alone, conn, [item.work for item in live])
+            else:
+                outcomes = await self._apply_on_loop(conn, [item.work for item in live])
         except sqlite3.Error as exc:
             # The batch as a whole did not commit: nobody may be told their write succeeded.
             failure = errors.StoreUnavailable(f"SQLite commit failed: {exc}")
@@ -123,6 +113,24 @@ class GroupCommitWriter:
             else:
                 item.future.set_exception(value)
 
+    async def _apply_on_loop(self, conn: sqlite3.Connection, works: list[Work]) -> list[tuple[bool, Any]]:
+        """BEGIN IMMEDIATE may wait for another process's write lock (busy_timeout), and COMMIT waits for the
+        fsync: both run on the connection's thread. The writes in between only touch pages in memory, so they
+        run here on the event loop: no thread hop or GIL handoff per statement, and the Python of each write
+        (decisions, row mapping, JSON) is not held up behind the busy loop's, as it is on another thread."""
+        await self._db._execute(conn.execute, "BEGIN IMMEDIATE")
+        try:
+            outcomes = _apply_all(conn, works)
+        except BaseException:
+            await self._db._execute(_rollback, conn)
+            raise
+        try:
+            await self._db._execute(conn.execute, "COMMIT")
+        except BaseException:
+            await self._db._execute(_rollback, conn)
+            raise
+        return outcomes
+
 
 def _apply_all(conn: sqlite3.Connection, works: list[Work]) -> list[tuple[bool, Any]]:
     """Inside the batch's transaction: each write under its own savepoint."""
@@ -138,6 +146,18 @@ def _apply_all(conn: sqlite3.Connection, works: list[Work]) -> list[tuple[bool, 
             continue
         conn.execute("RELEASE write")
         outcomes.append((True, value))
+    return outcomes
+
+
+def _run_alone(conn: sqlite3.Connection, works: list[Work]) -> list[tuple[bool, Any]]:
+    """On the connection's thread: BEGIN, the writes under their savepoints, COMMIT."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        outcomes = _apply_all(conn, works)
+        conn.execute("COMMIT")
+    except BaseException:
+        _rollback(conn)
+        raise
     return outcomes
 
 
