@@ -86,6 +86,9 @@ def test_every_contract_variable_is_read() -> None:
         ("PAYFLOW_DATABASE_URL", "mysql://x"),
         ("PAYFLOW_WECHAT_APIV3_KEY", "too-short"),
         ("PAYFLOW_WECHAT_PUBKEY_ID", "0112345"),
+        ("PAYFLOW_FORWARD_CONCURRENCY", "0"),
+        ("PAYFLOW_FORWARD_CONCURRENCY", "lots"),
+        ("PAYFLOW_FORWARD_CONCURRENCY", "1001"),
     ],
 )
 def test_bad_values_name_their_variable(name: str, value: str) -> None:
@@ -100,3 +103,8 @@ def test_missing_for_serve_names_each_variable() -> None:
     assert "PAYFLOW_WECHAT_MCHID" not in missing
     assert "PAYFLOW_API_TOKEN" in missing  # blank counts as unset
     assert len(missing) == 11
+
+
+def test_forward_concurrency() -> None:
+    assert Settings.from_env({}).forward_concurrency == 16
+    assert Settings.from_env({"PAYFLOW_FORWARD_CONCURRENCY": " 4 "}).forward_concurrency == 4
