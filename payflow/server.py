@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import gc
 import os
 import signal
 import sys
@@ -34,8 +35,12 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
     return Settings.from_env(environ)
 
 
-async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
-    """Serve until `stop` is set (SIGINT/SIGTERM set it). Cleanup contexts close in reverse order."""
+async def serve(settings: Settings, stop: asyncio.Event | None = None, *, tune_gc: bool = False) -> None:
+    """Serve until `stop` is set (SIGINT/SIGTERM set it). Cleanup contexts close in reverse order.
+
+    `tune_gc` (the `serve` command; not for callers sharing the process) freezes what startup built and
+    makes the cyclic garbage collector run less often.
+    """
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -49,6 +54,8 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
         # With port 0 the OS picks; the log line is how a supervisor (or a test) learns the real port.
         addresses = [f"{a[0]}:{a[1]}" for a in runner.addresses]
         log.info("serve.listening", addresses=addresses, database=settings.database_url)
+        if tune_gc:
+            _tune_gc()
         await stop.wait()
         log.info("serve.stopping")
     finally:
@@ -71,13 +78,23 @@ def run_serve(environ: Mapping[str, str], *, host: str | None, port: int | None)
         return _config_error(problems)
     logs.configure_logging(settings.log_format, settings.log_level)
     try:
-        asyncio.run(serve(settings))
+        asyncio.run(serve(settings, tune_gc=True))
     except errors.SettingsError as exc:
         return _config_error([str(exc)])
     except errors.PayflowError as exc:
         log.error("serve.failed", error=exc.code, message=str(exc))
         return 1
     return 0
+
+
+def _tune_gc() -> None:
+    """Everything startup built (modules, the app, keys, settings) lives as long as the process: moved out
+    of the collector's sight. Requests allocate many short-lived containers, so young collections run
+    every 50,000 allocations instead of 700, and full ones a tenth as often; in a notification burst the
+    collector otherwise took about 5% of the loop, mostly rescanning long-lived objects."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 100)
 
 
 def _config_error(problems: list[str]) -> int:

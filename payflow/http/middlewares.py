@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import hmac
 import re
-import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any, Literal
 
 from aiohttp import web
 
-from payflow import errors, logs
+from payflow import errors, logs, tokens
 from payflow.http import keys
 from payflow.wechat.notify import NotificationRejected
 
@@ -72,7 +71,7 @@ async def api_middleware(request: web.Request, handler: Handler) -> web.StreamRe
     then the handler; any error becomes one JSON shape. One middleware, not four: each layer costs a
     coroutine frame per request, and the notify path answers thousands per second."""
     given = request.headers.get("X-Request-Id", "")
-    request_id = given if given and _REQUEST_ID.match(given) else uuid.uuid4().hex
+    request_id = given if given and _REQUEST_ID.match(given) else tokens.request_id()
     with logs.bound(request_id=request_id):
         try:
             _check_body_limit(request)

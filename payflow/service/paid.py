@@ -6,10 +6,9 @@ import asyncio
 import dataclasses
 import datetime as dt
 import logging
-import secrets
 from collections.abc import Mapping
 
-from payflow import errors, logs, models
+from payflow import errors, logs, models, tokens
 from payflow.service.core import ServiceCore
 from payflow.states import Source, State, Trigger
 from payflow.store import Step
@@ -86,7 +85,7 @@ class Paid(ServiceCore):
         now = self.now()
         facts = {"transaction_id": txn.transaction_id, "paid_amount": txn.amount, "paid_at": txn.success_time or now}
         detail = {"payer_total": txn.payer_total, "success_time": _iso(txn.success_time)}
-        lease = secrets.token_hex(8)
+        lease = tokens.lease_token()
 
         def decide(payment: models.Payment | None) -> Step:
             if payment is None:
