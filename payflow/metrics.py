@@ -6,6 +6,7 @@ One `Metrics` (and registry) per app, so tests and several apps in one process n
 from __future__ import annotations
 
 import datetime as dt
+from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
@@ -21,6 +22,8 @@ _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.
 class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
+        # labelled children already looked up, for the counters bumped on every notification
+        self._children: dict[tuple[str, ...], Any] = {}
         r = self.registry
         self.payments = Gauge("payflow_payments", "Payments by state.", ["state"], registry=r)
         self.needs_review = Gauge("payflow_needs_review", "Payments parked for a person.", registry=r)
@@ -52,3 +55,17 @@ class Metrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+    def count_transition(self, trigger: str, source: str) -> None:
+        key = ("transition", trigger, source)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = self.transitions.labels(trigger=trigger, source=source)
+        child.inc()
+
+    def count_notification(self, outcome: str) -> None:
+        key = ("notification", outcome)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = self.notifications.labels(outcome=outcome)
+        child.inc()

@@ -102,7 +102,7 @@ class ServiceCore:
             detail={**payload, **(detail or {})}, changes=changes, notification=notification,
             lease_token=lease_token,
         )
-        self.metrics.transitions.labels(trigger=trigger.value, source=source.value).inc()
+        self.metrics.count_transition(trigger.value, source.value)
         # DEBUG: every transition is already an order_events row; one INFO line per request is enough.
         log.debug("payment.transitioned", out_trade_no=payment.out_trade_no, trigger=trigger.value,
                  source=source.value, from_state=payment.state.value, state=to.value)
@@ -129,7 +129,7 @@ class ServiceCore:
         """Metrics and the debug line of a step `store.decide` wrote."""
         if step.trigger is None or step.to is None or payment is None:
             return
-        self.metrics.transitions.labels(trigger=step.trigger.value, source=step.source).inc()
+        self.metrics.count_transition(step.trigger.value, step.source)
         if _stdlib_log.isEnabledFor(logging.DEBUG):  # skips building an event that would be dropped
             log.debug("payment.transitioned", out_trade_no=payment.out_trade_no, trigger=step.trigger.value,
                       source=step.source, from_state=payment.state.value, state=step.to.value)

@@ -46,7 +46,7 @@ class Paid(ServiceCore):
         in_flight = self.handling_notification()  # type: ignore[attr-defined]
         with in_flight, logs.bound(notification_id=note.notification_id):
             outcome = await self._handle_verified(note)
-            self.metrics.notifications.labels(outcome=_OUTCOME_METRIC.get(outcome, outcome)).inc()
+            self.metrics.count_notification(_OUTCOME_METRIC.get(outcome, outcome))
             return outcome
 
     async def _handle_verified(self, note: VerifiedNotification) -> str:

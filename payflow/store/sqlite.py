@@ -137,8 +137,7 @@ class SqliteStore(PaymentStore):
                               (out_trade_no,)).fetchall()
             payment = payment_row(rows[0]) if rows else None
             step = decide(payment)
-            if notification is not None and not insert_notification(
-                    db, dataclasses.replace(notification, outcome=step.outcome)):
+            if notification is not None and not insert_notification(db, notification, step.outcome):
                 return Decided(None, None, None)  # recorded before: nothing was written, nothing will be
             if step.to is None or step.trigger is None or payment is None:
                 return Decided(step, payment, payment)

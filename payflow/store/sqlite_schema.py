@@ -242,12 +242,13 @@ def insert_event(
     )
 
 
-def insert_notification(db: sqlite3.Connection, notification: models.Notification) -> bool:
+def insert_notification(db: sqlite3.Connection, notification: models.Notification, outcome: str | None = None) -> bool:
+    """Record `notification` (with `outcome` instead of its own, when given); False if its id is known."""
     cursor = db.execute(
         "INSERT INTO notifications (notification_id, out_trade_no, event_type, outcome, resource, received_at) "
         "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (notification_id) DO NOTHING",
         (notification.notification_id, notification.out_trade_no, notification.event_type,
-         notification.outcome,
+         notification.outcome if outcome is None else outcome,
          notification.resource_json if notification.resource_json is not None else to_json(notification.resource),
          ts(notification.received_at)),
     )
