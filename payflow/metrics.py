@@ -23,7 +23,7 @@ class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
         # labelled children already looked up, for the counters bumped on every notification
-        self._children: dict[tuple[str, ...], Any] = {}
+        self._children: dict[tuple[object, ...], Any] = {}
         r = self.registry
         self.payments = Gauge("payflow_payments", "Payments by state.", ["state"], registry=r)
         self.needs_review = Gauge("payflow_needs_review", "Payments parked for a person.", registry=r)
@@ -57,15 +57,15 @@ class Metrics:
         return generate_latest(self.registry)
 
     def count_transition(self, trigger: str, source: str) -> None:
-        key = ("transition", trigger, source)
-        child = self._children.get(key)
-        if child is None:
-            child = self._children[key] = self.transitions.labels(trigger=trigger, source=source)
-        child.inc()
+        self._child(self.transitions, trigger, source).inc()
 
     def count_notification(self, outcome: str) -> None:
-        key = ("notification", outcome)
+        self._child(self.notifications, outcome).inc()
+
+    def _child(self, metric: Any, *values: str) -> Any:
+        """`metric.labels(*values)`, looked up once per label set (these counters move on every notification)."""
+        key = (id(metric), *values)
         child = self._children.get(key)
         if child is None:
-            child = self._children[key] = self.notifications.labels(outcome=outcome)
-        child.inc()
+            child = self._children[key] = metric.labels(*values)
+        return child

@@ -22,7 +22,8 @@ from payflow.wechat.api import WechatApi
 from payflow.wechat.notify import NotificationVerifier
 
 log = logs.get_logger("payflow.service")
-_stdlib_log = logging.getLogger("payflow.service")  # where structlog sends it; its level decides
+# Where structlog sends `log`'s events; its level decides, so hot paths can skip building a dropped event.
+STDLIB_LOG = logging.getLogger("payflow.service")
 
 SHANGHAI = dt.timezone(dt.timedelta(hours=8), "Asia/Shanghai")
 # How often to re-read and re-decide when concurrent writers keep winning the CAS.
@@ -95,17 +96,14 @@ class ServiceCore:
         lease_token: str | None = None,
     ) -> models.Payment:
         """Plan `trigger` on the payment as read and write it with CAS; raises StaleState on a lost race."""
-        payload = dict(payload or {})
-        to = states.plan(payment, trigger, **payload)
+        step = self._step(payment, trigger, "", source=source, payload=payload, detail=detail, changes=changes,
+                          lease_token=lease_token)
+        assert step.to is not None
         moved = await self.store.transition(
-            payment, to, trigger, source=source, at=self.now(),
-            detail={**payload, **(detail or {})}, changes=changes, notification=notification,
-            lease_token=lease_token,
+            payment, step.to, trigger, source=step.source, at=self.now(), detail=step.detail,
+            changes=changes, notification=notification, lease_token=lease_token,
         )
-        self.metrics.count_transition(trigger.value, source.value)
-        # DEBUG: every transition is already an order_events row; one INFO line per request is enough.
-        log.debug("payment.transitioned", out_trade_no=payment.out_trade_no, trigger=trigger.value,
-                 source=source.value, from_state=payment.state.value, state=to.value)
+        self._count(step, payment)
         return moved
 
     def _step(
@@ -126,11 +124,12 @@ class ServiceCore:
                     {**payload, **(detail or {})}, changes, lease_token)
 
     def _count(self, step: Step, payment: models.Payment | None) -> None:
-        """Metrics and the debug line of a step `store.decide` wrote."""
+        """Metrics and the debug line of a step that was written. DEBUG only: every transition is already
+        an order_events row, and one INFO line per request is enough."""
         if step.trigger is None or step.to is None or payment is None:
             return
         self.metrics.count_transition(step.trigger.value, step.source)
-        if _stdlib_log.isEnabledFor(logging.DEBUG):  # skips building an event that would be dropped
+        if STDLIB_LOG.isEnabledFor(logging.DEBUG):
             log.debug("payment.transitioned", out_trade_no=payment.out_trade_no, trigger=step.trigger.value,
                       source=step.source, from_state=payment.state.value, state=step.to.value)
 

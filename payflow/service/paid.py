@@ -9,7 +9,7 @@ import logging
 from collections.abc import Mapping
 
 from payflow import errors, logs, models, tokens
-from payflow.service.core import ServiceCore
+from payflow.service.core import STDLIB_LOG, ServiceCore
 from payflow.states import Source, State, Trigger
 from payflow.store import Step
 from payflow.wechat.api import Transaction
@@ -21,7 +21,6 @@ from payflow.wechat.notify import (
 )
 
 log = logs.get_logger("payflow.service")
-_stdlib_log = logging.getLogger("payflow.service")
 
 _READ_CACHE_LIMIT = 10_000  # query-on-read bookkeeping entries kept before old ones are dropped
 # notification outcomes → the labels of payflow_notifications
@@ -63,7 +62,7 @@ class Paid(ServiceCore):
             self.metrics.notifications.labels(outcome="mismatch").inc()
             raise MalformedNotification("mchid/appid do not belong to this merchant")
         outcome = await self.confirm_paid(txn, Source.NOTIFY, notification=row)
-        if _stdlib_log.isEnabledFor(logging.INFO):  # thousands a second: skip building a dropped event
+        if STDLIB_LOG.isEnabledFor(logging.INFO):  # thousands a second: skip building a dropped event
             log.info("notification.handled", out_trade_no=txn.out_trade_no, outcome=outcome)
         return outcome
 
