@@ -13,7 +13,7 @@ import gzip
 import json
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey, RSAPublicKey
@@ -27,6 +27,7 @@ from payflow.wechat import crypto
 from payflow.wechat.api import JsapiOrder, Transaction
 
 log = logs.get_logger(__name__)
+T = TypeVar("T")
 
 USER_AGENT = "payflow/0.1 (+aiohttp)"
 BILL_DOWNLOAD_PATH = "/v3/billdownload/file"
@@ -143,22 +144,15 @@ class WechatPayClient:
             body["attach"] = order.attach
         # Serialised once: every retry sends the identical bytes, which WeChat's re-entry rule requires.
         raw = _dumps(body)
-        last: errors.WechatRetryable | None = None
-        for attempt in range(1, self._place_attempts + 1):
-            try:
-                answer = await self._request("POST", "/v3/pay/transactions/jsapi", raw, endpoint="jsapi")
-            except errors.WechatRetryable as exc:
-                last = exc
-                log.info("wechat.place_retried", attempt=attempt, error=str(exc), wechat_code=exc.wechat_code)
-                if attempt < self._place_attempts:
-                    await self._sleep(min(0.2 * 2 ** (attempt - 1), 2.0))
-                continue
+
+        async def place() -> str:
+            answer = await self._request("POST", "/v3/pay/transactions/jsapi", raw, endpoint="jsapi")
             prepay_id = answer.json().get("prepay_id")
             if not isinstance(prepay_id, str) or not prepay_id:
                 raise errors.WechatRetryable("WeChat's place-order answer has no prepay_id", status=answer.status)
             return prepay_id
-        assert last is not None
-        raise last
+
+        return await self._retrying("jsapi", place)
 
     async def query(self, out_trade_no: str) -> Transaction | None:
         path = f"/v3/pay/transactions/out-trade-no/{out_trade_no}?mchid={self.mchid}"
@@ -180,35 +174,63 @@ class WechatPayClient:
     # --- bills --------------------------------------------------------------------------------
 
     async def trade_bill(self, bill_date: dt.date, *, gzip: bool = False) -> BillInfo:
+        """Apply for a day's bill; a 5xx, a 429 or a lost answer is asked again (a GET: safe to repeat)."""
         path = f"/v3/bill/tradebill?bill_date={bill_date.isoformat()}&bill_type=ALL"
         if gzip:
             path += "&tar_type=GZIP"
-        body = (await self._request("GET", path, b"", endpoint="tradebill")).json()
-        try:
-            return BillInfo(bill_date, str(body["hash_type"]), str(body["hash_value"]).lower(),
-                            str(body["download_url"]), gzip)
-        except KeyError as exc:
-            raise errors.WechatRetryable(f"trade bill answer lacks {exc.args[0]}") from None
+
+        async def apply() -> BillInfo:
+            body = (await self._request("GET", path, b"", endpoint="tradebill")).json()
+            try:
+                return BillInfo(bill_date, str(body["hash_type"]), str(body["hash_value"]).lower(),
+                                str(body["download_url"]), gzip)
+            except KeyError as exc:
+                raise errors.WechatRetryable(f"trade bill answer lacks {exc.args[0]}") from None
+
+        return await self._retrying("tradebill", apply)
 
     async def download_bill(self, info: BillInfo) -> bytes:
-        """The bill's bytes (gunzipped), after checking their SHA1 against what the apply step said."""
+        """The bill's bytes (gunzipped), after checking their SHA1 against what the apply step said.
+
+        A retryable failure (5xx, 429, a lost answer, a truncated gzip) is downloaded again; a bill that
+        fails its SHA1 is refused at once."""
         url = URL(info.download_url, encoded=True)
         if url.path != BILL_DOWNLOAD_PATH:
             raise errors.WechatFinal(f"unexpected bill download URL path {url.path!r}")
-        # The download answer is not signed (WECHATPAY_V3 §8.2); the SHA1 is what vouches for it.
-        answer = await self._request("GET", url.raw_path_qs, b"", endpoint="billdownload",
-                                     base=str(url.origin()), verify=False)
-        data = answer.body
-        if info.gzip:
+
+        async def download() -> bytes:
+            # The download answer is not signed (WECHATPAY_V3 §8.2); the SHA1 is what vouches for it.
+            answer = await self._request("GET", url.raw_path_qs, b"", endpoint="billdownload",
+                                         base=str(url.origin()), verify=False)
+            if not info.gzip:
+                return answer.body
             try:
-                data = gzip.decompress(data)
+                return gzip.decompress(answer.body)
             except (OSError, EOFError) as exc:
                 raise errors.WechatRetryable(f"bill is not valid gzip: {exc}") from None
+
+        data = await self._retrying("billdownload", download)
         if info.hash_type.upper() != "SHA1":
             raise errors.WechatFinal(f"unsupported bill hash type {info.hash_type!r}")
         if crypto.sha1_hex(data) != info.hash_value:
             raise errors.BillHashMismatch(f"bill for {info.bill_date} does not match its SHA1")
         return data
+
+    async def _retrying(self, endpoint: str, call: Callable[[], Awaitable[T]]) -> T:
+        """`call` again after a retryable failure, up to `place_attempts` times with a short backoff.
+
+        Only for calls that are safe to repeat: place-order with the identical body, and the bill GETs.
+        A query is not retried here: the sweeper asks again on its own schedule."""
+        for attempt in range(1, self._place_attempts + 1):
+            try:
+                return await call()
+            except errors.WechatRetryable as exc:
+                log.info("wechat.retried", endpoint=endpoint, attempt=attempt, error=str(exc),
+                         wechat_code=exc.wechat_code)
+                if attempt == self._place_attempts:
+                    raise
+                await self._sleep(min(0.2 * 2 ** (attempt - 1), 2.0))
+        raise AssertionError("unreachable: the last attempt returns or raises")
 
     # --- transport ----------------------------------------------------------------------------
 

@@ -181,3 +181,44 @@ async def test_bill_download_refuses_foreign_paths(client: WechatPayClient) -> N
     info = BillInfo(dt.date(2026, 11, 26), "SHA1", "0" * 40, f"{BASE}/v3/other?token=abc", False)
     with pytest.raises(errors.WechatFinal):
         await client.download_bill(info)
+
+
+async def test_bill_calls_are_asked_again_after_retryable_failures(client: WechatPayClient, keyset: KeySet) -> None:
+    # A 5xx, a 429 or a lost answer must not fail a whole reconciliation run: both bill GETs are repeated.
+    content = "\ufeff交易时间,公众账号ID\r\n`2026-11-26 10:00:00,`wx1\r\n".encode()
+    apply = re.compile(rf"^{re.escape(BASE)}/v3/bill/tradebill\?.*$")
+    download = f"{BASE}/v3/billdownload/file?token=abc"
+    calls: list[str] = []
+
+    def count(url: Any, **kwargs: Any) -> None:
+        calls.append(str(url).split("?")[0].rsplit("/", 1)[-1])
+
+    answer = {"hash_type": "SHA1", "hash_value": crypto.sha1_hex(content).upper(), "download_url": download}
+    with aioresponses() as mocked:
+        mocked.get(apply, callback=count, **_json(keyset, 500, {"code": "SYSTEM_ERROR", "message": "busy"}))
+        mocked.get(apply, callback=count, **_json(keyset, 200, answer))
+        mocked.get(download, callback=count, exception=TimeoutError())
+        mocked.get(download, callback=count, status=200, body=gzip.compress(content)[:-8])  # truncated
+        mocked.get(download, callback=count, status=200, body=gzip.compress(content))
+        info = await client.trade_bill(dt.date(2026, 11, 26), gzip=True)
+        assert await client.download_bill(info) == content
+    assert calls == ["tradebill", "tradebill", "file", "file", "file"]
+
+
+async def test_bill_apply_gives_up_after_its_attempts_and_a_bad_sha1_is_not_retried(
+    client: WechatPayClient, keyset: KeySet
+) -> None:
+    apply = re.compile(rf"^{re.escape(BASE)}/v3/bill/tradebill\?.*$")
+    with aioresponses() as mocked:
+        mocked.get(apply, repeat=True, **_json(keyset, 500, {"code": "SYSTEM_ERROR", "message": "busy"}))
+        with pytest.raises(errors.WechatRetryable):
+            await client.trade_bill(dt.date(2026, 11, 26))
+        assert sum(len(calls) for calls in mocked.requests.values()) == 3
+
+    download = f"{BASE}/v3/billdownload/file?token=abc"
+    info = BillInfo(dt.date(2026, 11, 26), "SHA1", "0" * 40, download, False)
+    with aioresponses() as mocked:
+        mocked.get(download, repeat=True, status=200, body=b"not the announced bill")
+        with pytest.raises(errors.BillHashMismatch):
+            await client.download_bill(info)
+        assert sum(len(calls) for calls in mocked.requests.values()) == 1
