@@ -10,7 +10,7 @@ from collections.abc import Mapping
 
 from payflow import errors, logs, models
 from payflow.backend import BackendClient
-from payflow.reconcile import ReconcileFailed, Reconciler, Report
+from payflow.reconcile import Reconciler, Report
 from payflow.service import PaymentService
 from payflow.settings import Settings
 from payflow.store import open_store
@@ -36,7 +36,7 @@ def reconcile(environ: Mapping[str, str], day: str, *, as_json: bool) -> int:
     logs.configure_logging(settings.log_format, level="WARNING")
     try:
         report = asyncio.run(_reconcile(settings, bill_date))
-    except (ReconcileFailed, errors.SettingsError, errors.StoreUnavailable) as exc:
+    except errors.PayflowError as exc:  # ReconcileFailed, the store, settings: a message, not a traceback
         return _fail(str(exc))
     print(json.dumps(report.to_json(), indent=2, ensure_ascii=False) if as_json else render(report))
     return EXIT_CLEAN if report.clean else EXIT_DISCREPANCIES

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import dataclasses
 import datetime as dt
 from typing import Any, Protocol
@@ -75,18 +76,31 @@ class Reconciler:
                 data = await self.bills.download_bill(info)
                 # ~1 s per 100k lines of pure Python: off the event loop, so serve keeps answering meanwhile.
                 bill = await asyncio.to_thread(parse_trade_bill, data)
+                counts = await self._match(bill_date, bill.lines)
+                found = await self.store.discrepancies(bill_date)
             except (errors.WechatError, BillFormatError) as exc:
-                await self.store.finish_reconciliation(run_id, status="failed", counts={}, at=self.service.now(),
-                                                       error=str(exc))
-                log.error("reconcile.failed", error=str(exc))
+                await self._failed(run_id, str(exc))
                 raise ReconcileFailed(f"reconciliation of {bill_date} failed: {exc}") from exc
-            counts = await self._match(bill_date, bill.lines)
-            found = await self.store.discrepancies(bill_date)
+            except BaseException as exc:
+                # Whatever else stopped it (the store, a cancel), the run must not stay `running`: that would
+                # refuse every re-run of the day as "already running" until it went stale. What was matched
+                # is committed, and a re-run picks up the rest.
+                await self._failed(run_id, f"{type(exc).__name__}: {exc}")
+                raise
             status = "discrepancies" if found else "clean"
             await self.store.finish_reconciliation(run_id, status=status, counts=counts, at=self.service.now())
             log.info("reconcile.finished", status=status, counts=counts, discrepancies=len(found))
         [run] = [r for r in await self.store.reconciliation_runs(bill_date) if r.id == run_id]
         return Report(run, found)
+
+    async def _failed(self, run_id: int, error: str) -> None:
+        """Record the run as failed, even while being cancelled; if the store is what failed, the run goes
+        stale instead (RUN_STALE_AFTER) and the original error is the one raised."""
+        log.error("reconcile.failed", error=error)
+        finish = self.store.finish_reconciliation(run_id, status="failed", counts={}, at=self.service.now(),
+                                                  error=error)
+        with contextlib.suppress(Exception):
+            await asyncio.shield(finish)
 
     async def _match(self, bill_date: dt.date, lines: tuple[BillLine, ...]) -> dict[str, int]:
         counts: collections.Counter[str] = collections.Counter(lines=len(lines))

@@ -7,6 +7,7 @@ import datetime as dt
 
 import pytest
 
+from payflow import errors
 from payflow.reconcile import ReconcileFailed, Reconciler, day_bounds
 from payflow.states import Source, State, Trigger
 from payflow.wechat.api import Transaction
@@ -174,3 +175,32 @@ async def test_admin_endpoint_lists_discrepancies(world: World) -> None:
 def test_day_bounds_are_shanghai_days() -> None:
     start, end = day_bounds(dt.date(2026, 11, 26))
     assert start.isoformat() == "2026-11-26T00:00:00+08:00" and (end - start) == dt.timedelta(days=1)
+
+
+async def test_a_run_stopped_by_the_store_is_recorded_failed_and_a_rerun_finishes_it(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first = await _paid_and_synced(world, "order-1")
+    second = await _paid_and_synced(world, "order-2")
+    store = world.service.store
+    transition = store.transition
+    calls = 0
+
+    async def failing_once(*args: object, **kwargs: object) -> object:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise errors.StoreUnavailable("disk I/O error")
+        return await transition(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(store, "transition", failing_once)
+    with pytest.raises(errors.StoreUnavailable):
+        await _reconciler(world).run(_today(world))
+    [run] = await store.reconciliation_runs(_today(world))
+    assert run.status == "failed" and "disk I/O error" in (run.error or "")
+
+    # Not refused as "already running": the re-run reconciles whatever the failed one did not.
+    report = await _reconciler(world).run(_today(world))
+    assert report.run.status == "clean"
+    assert {(await world.payment(no)).state for no in (first, second)} == {State.RECONCILED}
+    assert [r.status for r in await store.reconciliation_runs(_today(world))] == ["failed", "clean"]
