@@ -38,6 +38,8 @@ log = logs.get_logger(__name__)
 
 SHANGHAI = dt.timezone(dt.timedelta(hours=8))
 UNSETTLED = (State.CREATED, State.PREPAID, State.NOTIFIED)
+# `run.py reconcile` passes at the end, at most: each fails only if WeChat fails the bill API three times.
+RECONCILE_PASSES = 5
 
 # payflow's schedules compressed so that the default run takes about a minute and a half.
 TUNING = {
@@ -102,6 +104,7 @@ class Run:
         self.started = 0.0
         self.done_payers = 0
         self.db_restarts = 0
+        self.reconcile_runs: list[dict[str, Any]] = []  # run.py reconcile: date, exit code, its JSON report
         self.keep = False
 
     def elapsed(self) -> float:
@@ -293,24 +296,37 @@ class Run:
                 await asyncio.sleep(0.5)
 
     async def _reconcile(self) -> None:
-        """Reconcile every day with payments (normally today, Asia/Shanghai), twice if forwards were pending."""
+        """Reconcile every day with payments (normally today, Asia/Shanghai), again while any payment is left
+        `synced`: forwards were pending during a pass, or a pass failed (WeChat's bill API has faults too)."""
         now = dt.datetime.now(SHANGHAI)
         days = sorted({o.success_time.astimezone(SHANGHAI).date()
                        for o in self.wechat_app[LEDGER].orders(now) if o.success_time is not None})
-        self.reconcile_runs: list[dict[str, Any]] = []
-        for _ in range(3):
+        for _ in range(RECONCILE_PASSES):
             for day in days:
-                process = await asyncio.create_subprocess_exec(
-                    sys.executable, str(ROOT / "run.py"), "reconcile", "--date", day.isoformat(), "--json",
-                    cwd=ROOT, env=self.env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL)
-                out, _ = await process.communicate()
-                report = json.loads(out) if out else {}
-                self.reconcile_runs.append({"date": day.isoformat(), "exit": process.returncode, **report})
+                self.reconcile_runs.append(await self._reconcile_day(day))
             with contextlib.suppress(TimeoutError):
                 await self._settle()
             counts = await self.store.count_by_state()
             if not counts.get(State.SYNCED):
                 return
+
+    async def _reconcile_day(self, day: dt.date) -> dict[str, Any]:
+        # Its log goes beside payflow's, so a run that failed can be read afterwards (--keep).
+        log_path = self.workdir / f"reconcile-{len(self.reconcile_runs)}.log"
+        with log_path.open("wb") as log_file:
+            process = await asyncio.create_subprocess_exec(
+                sys.executable, str(ROOT / "run.py"), "reconcile", "--date", day.isoformat(), "--json",
+                cwd=ROOT, env=self.env, stdout=asyncio.subprocess.PIPE, stderr=log_file)
+            out, _ = await process.communicate()
+        run: dict[str, Any] = {"date": day.isoformat(), "exit": process.returncode}
+        try:
+            run.update(json.loads(out) if out else {})
+        except ValueError:
+            run["output"] = out.decode(errors="replace")[-2000:]
+        if process.returncode not in (0, 1):  # not reconciled: its last words say why
+            lines = log_path.read_text(errors="replace").strip().splitlines()
+            run["error"] = lines[-1] if lines else f"exit {process.returncode}"
+        return run
 
     # --- the verdict ---------------------------------------------------------------------------
 

@@ -76,6 +76,9 @@ async def build(run: Run, exit_code: int | None) -> Outcome:
         "faults": {"wechat_notifications": dict(notifier), "wechat": dict(run.wechat_app[FAULTS].injected),
                    "backend": dict(run.backend_app[backend_sim.FAULTS].injected)},
         "time_to_backend_seconds": _percentiles(latencies),
+        "reconcile_runs": [{"date": r["date"], "exit": r["exit"], "status": r.get("run", {}).get("status"),
+                            "counts": r.get("run", {}).get("counts"), "error": r.get("error")}
+                           for r in run.reconcile_runs],
         "creation_gave_up": len(run.creation_failed),
         "payer_refused_at_wechat": dict(collections.Counter(run.pay_refused.values())),
         "discrepancies": dict(collections.Counter(d["category"] for d in discrepancies)),
