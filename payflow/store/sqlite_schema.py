@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
 import json
 import sqlite3
@@ -126,28 +127,27 @@ def from_ts(value: str | None) -> dt.datetime | None:
     return dt.datetime.fromisoformat(value) if value is not None else None
 
 
+_STATES = {state.value: state for state in State}
+_from_iso = dt.datetime.fromisoformat
+# payment_row passes PAYMENT_COLUMNS to Payment by position: a reordered field must fail loudly, here.
+if [f.name for f in dataclasses.fields(models.Payment)] != [
+    "out_trade_no", "order_id", "amount", "description", "openid", "state", "version", "created_at", "updated_at",
+    "expires_at", "event_id", "currency", "attach", "prepay_id", "transaction_id", "paid_at", "paid_amount",
+    "next_attempt_at", "attempts", "lease_token"]:
+    raise ImportError("payment_row's argument order no longer matches models.Payment's fields")
+
+
 def payment_row(row: sqlite3.Row) -> models.Payment:
+    """A row selected as PAYMENT_COLUMNS, by position (every notification maps one: name lookups and
+    keyword arguments were a measurable share of the notify path)."""
+    (out_trade_no, order_id, amount, currency, description, openid, attach, state, version, event_id, prepay_id,
+     transaction_id, paid_at, paid_amount, expires_at, next_attempt_at, attempts, lease_token, created_at,
+     updated_at) = row
     return models.Payment(
-        out_trade_no=row["out_trade_no"],
-        order_id=row["order_id"],
-        amount=row["amount"],
-        currency=row["currency"],
-        description=row["description"],
-        openid=row["openid"],
-        attach=row["attach"],
-        state=State(row["state"]),
-        version=row["version"],
-        event_id=row["event_id"],
-        prepay_id=row["prepay_id"],
-        transaction_id=row["transaction_id"],
-        paid_at=from_ts(row["paid_at"]),
-        paid_amount=row["paid_amount"],
-        expires_at=from_ts(row["expires_at"]),  # type: ignore[arg-type]
-        next_attempt_at=from_ts(row["next_attempt_at"]),
-        attempts=row["attempts"],
-        lease_token=row["lease_token"],
-        created_at=from_ts(row["created_at"]),  # type: ignore[arg-type]
-        updated_at=from_ts(row["updated_at"]),  # type: ignore[arg-type]
+        out_trade_no, order_id, amount, description, openid, _STATES[state], version, _from_iso(created_at),
+        _from_iso(updated_at), _from_iso(expires_at), event_id, currency, attach, prepay_id, transaction_id,
+        None if paid_at is None else _from_iso(paid_at), paid_amount,
+        None if next_attempt_at is None else _from_iso(next_attempt_at), attempts, lease_token,
     )
 
 
