@@ -1,9 +1,13 @@
 """Group commit for SQLite: one writer task runs every write queued while the previous commit was in
 flight inside one transaction, so N concurrent writers share one fsync.
 
-Each write runs under its own SAVEPOINT: a write that fails (a lost compare-and-set, a constraint)
-is rolled back alone and its caller alone gets the error; its batch-mates commit. A caller is
-answered only after COMMIT returned, so an acknowledged write is on disk (synchronous=FULL).
+A write that fails (a lost compare-and-set, a constraint, a refused decision) fails alone: its caller
+alone gets the error and its batch-mates commit. Writes run without a savepoint each: an open savepoint
+makes SQLite copy every page a write touches into its sub-journal first, about a third of the SQL cost
+of a notification. That is safe because a write that fails before changing a row leaves nothing (SQLite
+statements are atomic on their own); the rare write that fails after changing rows is caught by the
+connection's change counter, and its batch is rolled back and applied again with a savepoint per write.
+A caller is answered only after COMMIT returned, so an acknowledged write is on disk (synchronous=FULL).
 """
 
 from __future__ import annotations
@@ -121,6 +125,9 @@ class GroupCommitWriter:
         await self._db._execute(conn.execute, "BEGIN IMMEDIATE")
         try:
             outcomes = _apply_all(conn, works)
+        except _HalfWritten:
+            _rollback(conn)  # releases the lock; the isolated pass takes it again on the thread
+            return await self._db._execute(_run_isolated, conn, works)  # type: ignore[no-any-return]
         except BaseException:
             await self._db._execute(_rollback, conn)
             raise
@@ -132,8 +139,32 @@ class GroupCommitWriter:
         return outcomes
 
 
+class _HalfWritten(Exception):
+    """A write failed after changing rows: only rolling back its whole batch undoes it."""
+
+
 def _apply_all(conn: sqlite3.Connection, works: list[Work]) -> list[tuple[bool, Any]]:
-    """Inside the batch's transaction: each write under its own savepoint."""
+    """Inside the batch's transaction, without savepoints (see the module's doc)."""
+    outcomes: list[tuple[bool, Any]] = []
+    for work in works:
+        changes = conn.total_changes
+        try:
+            value = work(conn)
+        except Exception as exc:  # noqa: BLE001 — this write's failure is its caller's alone
+            if not conn.in_transaction:
+                # SQLite rolled the whole transaction back (I/O error, disk full): the batch failed.
+                raise sqlite3.OperationalError(f"the batch's transaction was rolled back: {exc}") from exc
+            if conn.total_changes != changes:
+                raise _HalfWritten from exc
+            outcomes.append((False, _store_error(exc)))
+            continue
+        outcomes.append((True, value))
+    return outcomes
+
+
+def _apply_isolated(conn: sqlite3.Connection, works: list[Work]) -> list[tuple[bool, Any]]:
+    """Inside the batch's transaction: each write under its own savepoint, so a half-done write is undone
+    alone (the slow path, after `_HalfWritten`)."""
     outcomes: list[tuple[bool, Any]] = []
     for work in works:
         conn.execute("SAVEPOINT write")
@@ -150,10 +181,25 @@ def _apply_all(conn: sqlite3.Connection, works: list[Work]) -> list[tuple[bool, 
 
 
 def _run_alone(conn: sqlite3.Connection, works: list[Work]) -> list[tuple[bool, Any]]:
-    """On the connection's thread: BEGIN, the writes under their savepoints, COMMIT."""
+    """On the connection's thread: BEGIN, the writes, COMMIT (again with savepoints if one half-failed)."""
     conn.execute("BEGIN IMMEDIATE")
     try:
         outcomes = _apply_all(conn, works)
+        conn.execute("COMMIT")
+    except _HalfWritten:
+        _rollback(conn)
+        return _run_isolated(conn, works)
+    except BaseException:
+        _rollback(conn)
+        raise
+    return outcomes
+
+
+def _run_isolated(conn: sqlite3.Connection, works: list[Work]) -> list[tuple[bool, Any]]:
+    """On the connection's thread: BEGIN, the writes each under a savepoint, COMMIT."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        outcomes = _apply_isolated(conn, works)
         conn.execute("COMMIT")
     except BaseException:
         _rollback(conn)

@@ -61,6 +61,43 @@ async def test_batch_mates_succeed_and_fail_on_their_own(store: SqliteStore) -> 
     assert [e.trigger for e in await store.events(a.out_trade_no)] == ["create", "prepay"]  # ... its mates landed
 
 
+def _half_written(db: object) -> None:
+    """Changes a row, then fails: only undoing its batch (or a savepoint) can take the row back."""
+    db.execute("INSERT INTO billed (out_trade_no, bill_date) VALUES ('HALF', '2026-11-26')")  # type: ignore[attr-defined]
+    raise ValueError("failed after writing")
+
+
+async def _billed(store: SqliteStore) -> list[str]:
+    return [row[0] for row in await store._fetchall("SELECT out_trade_no FROM billed", ())]
+
+
+async def test_a_write_that_fails_after_changing_rows_is_undone_alone(store: SqliteStore) -> None:
+    # Writes run without a savepoint each; one that half-wrote sends its batch round again with savepoints.
+    a, c = [await store.create(factories.payment(), source=Source.API, detail={}) for _ in range(2)]
+    before = store.writes.stats.batches
+    results = await asyncio.gather(
+        store.transition(a, State.PREPAID, Trigger.PREPAY, source=Source.API, at=T0),
+        store.writes.submit(_half_written),
+        store.transition(c, State.CLOSED, Trigger.CLOSE, source=Source.API, at=T0),
+        return_exceptions=True,
+    )
+    assert store.writes.stats.batches == before + 1
+    assert isinstance(results[0], type(a)) and results[0].state is State.PREPAID
+    assert isinstance(results[1], ValueError)
+    assert isinstance(results[2], type(c)) and results[2].state is State.CLOSED
+    assert await _billed(store) == []
+    assert (await store.get(a.out_trade_no)) == results[0] and (await store.get(c.out_trade_no)) == results[2]
+    assert [e.trigger for e in await store.events(a.out_trade_no)] == ["create", "prepay"]  # applied once
+
+    # Alone in its batch: the same, on the connection's thread.
+    with pytest.raises(ValueError, match="after writing"):
+        await store.writes.submit(_half_written)
+    assert await _billed(store) == []
+    await store.writes.submit(
+        lambda db: db.execute("INSERT INTO billed (out_trade_no, bill_date) VALUES ('OK', '2026-11-26')"))
+    assert await _billed(store) == ["OK"]  # the connection is usable afterwards, outside any transaction
+
+
 async def test_writes_queued_during_a_commit_share_the_next_one(store: SqliteStore) -> None:
     payments = [await store.create(factories.payment(), source=Source.API, detail={}) for _ in range(64)]
     before = store.writes.stats.batches
