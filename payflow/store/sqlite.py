@@ -352,16 +352,20 @@ def _cas(
     Returns the payment as written: the CAS matched (state, version), and every write bumps the version,
     so the row is `payment` with exactly the columns set here changed (no RETURNING and re-mapping).
     """
-    assignments = "".join(f", {column} = ?" for column in values)
+    columns = tuple(values)
+    sql = _CAS_SQL.get(columns)
+    if sql is None:
+        assignments = "".join(f", {column} = ?" for column in columns)
+        sql = _CAS_SQL[columns] = (
+            f"UPDATE payments SET state = ?, version = version + 1, lease_token = ?, updated_at = ?{assignments} "
+            "WHERE out_trade_no = ? AND state = ? AND version = ?")
     params = [ts(v) if isinstance(v, dt.datetime) else v for v in values.values()]
+    at_text = ts(at)
     cursor = db.execute(
-        f"UPDATE payments SET state = ?, version = version + 1, lease_token = ?, updated_at = ?{assignments} "
-        "WHERE out_trade_no = ? AND state = ? AND version = ?",
-        (to.value, lease_token, ts(at), *params, payment.out_trade_no, payment.state.value, payment.version),
-    )
+        sql, (to.value, lease_token, at_text, *params, payment.out_trade_no, payment.state.value, payment.version))
     if cursor.rowcount != 1:
         raise errors.StaleState(f"payment {payment.out_trade_no} is no longer {payment.state.value} v{payment.version}")
-    insert_event(db, payment.out_trade_no, payment.state, to, trigger.value, source, detail, at)
+    insert_event(db, payment.out_trade_no, payment.state, to, trigger.value, source, detail, at, at_text=at_text)
     if notification is not None:
         insert_notification(db, notification)
     written = {k: _utc(v) if isinstance(v, dt.datetime) else v for k, v in values.items()}
@@ -369,6 +373,8 @@ def _cas(
     return models.Payment(*[written[name] if name in written else getattr(payment, name) for name in _FIELDS])
 
 
+# The CAS statement for each set of changed columns (a handful exist: one per kind of transition).
+_CAS_SQL: dict[tuple[str, ...], str] = {}
 # Payment's fields in constructor order: `_cas` builds the written row positionally (faster than
 # dataclasses.replace, which the notify path called once per notification).
 _FIELDS = tuple(field.name for field in dataclasses.fields(models.Payment))

@@ -175,8 +175,12 @@ def notification_row(row: sqlite3.Row) -> models.Notification:
     )
 
 
+# One encoder, not one per call as json.dumps with options builds (one event row per transition).
+_JSON = json.JSONEncoder(ensure_ascii=False, sort_keys=True, default=str)
+
+
 def to_json(value: Mapping[str, Any] | None) -> str:
-    return json.dumps(dict(value or {}), ensure_ascii=False, sort_keys=True, default=str)
+    return _JSON.encode(dict(value or {}))
 
 
 async def connect(path: str) -> aiosqlite.Connection:
@@ -233,12 +237,15 @@ def insert_event(
     source: str,
     detail: Mapping[str, Any] | None,
     at: dt.datetime,
+    *,
+    at_text: str | None = None,
 ) -> None:
+    """The timeline row of a state change; `at_text` is `ts(at)` when the caller has it already."""
     db.execute(
         "INSERT INTO order_events (out_trade_no, from_state, to_state, trigger, source, detail, at) "
         "VALUES (?, ?, ?, ?, ?, ?, ?)",
         (out_trade_no, from_state.value if from_state else None, to_state.value, trigger, str(source),
-         to_json(detail), ts(at)),
+         to_json(detail), at_text or ts(at)),
     )
 
 
