@@ -7,7 +7,6 @@ uncommitted state and never queue behind a commit.
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 import json
 import secrets
@@ -24,6 +23,7 @@ from payflow.store.group_commit import GroupCommitWriter
 from payflow.store.sqlite_schema import (
     MIGRATIONS,
     PAYMENT_COLUMNS,
+    PAYMENT_FIELDS,
     connect,
     event_row,
     from_ts,
@@ -370,14 +370,11 @@ def _cas(
         insert_notification(db, notification)
     written = {k: _utc(v) if isinstance(v, dt.datetime) else v for k, v in values.items()}
     written.update(state=to, version=payment.version + 1, lease_token=lease_token, updated_at=_utc(at))
-    return models.Payment(*[written[name] if name in written else getattr(payment, name) for name in _FIELDS])
+    return models.Payment(*[written[name] if name in written else getattr(payment, name) for name in PAYMENT_FIELDS])
 
 
 # The CAS statement for each set of changed columns (a handful exist: one per kind of transition).
 _CAS_SQL: dict[tuple[str, ...], str] = {}
-# Payment's fields in constructor order: `_cas` builds the written row positionally (faster than
-# dataclasses.replace, which the notify path called once per notification).
-_FIELDS = tuple(field.name for field in dataclasses.fields(models.Payment))
 
 
 def _utc(value: dt.datetime) -> dt.datetime:

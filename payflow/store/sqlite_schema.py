@@ -129,11 +129,13 @@ def from_ts(value: str | None) -> dt.datetime | None:
 
 _STATES = {state.value: state for state in State}
 _from_iso = dt.datetime.fromisoformat
-# payment_row passes PAYMENT_COLUMNS to Payment by position: a reordered field must fail loudly, here.
-if [f.name for f in dataclasses.fields(models.Payment)] != [
+# Payment's fields in constructor order. payment_row and the CAS result build a Payment by position, so a
+# reordered field must fail loudly, here, rather than map columns wrongly.
+PAYMENT_FIELDS = tuple(field.name for field in dataclasses.fields(models.Payment))
+if PAYMENT_FIELDS != (
     "out_trade_no", "order_id", "amount", "description", "openid", "state", "version", "created_at", "updated_at",
     "expires_at", "event_id", "currency", "attach", "prepay_id", "transaction_id", "paid_at", "paid_amount",
-    "next_attempt_at", "attempts", "lease_token"]:
+    "next_attempt_at", "attempts", "lease_token"):
     raise ImportError("payment_row's argument order no longer matches models.Payment's fields")
 
 
