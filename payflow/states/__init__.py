@@ -164,7 +164,7 @@ _DESTINATIONS: Mapping[tuple[State, Trigger], State] = {
 
 def destination(state: State, trigger: Trigger) -> State | None:
     """The table's destination for (state, trigger), or None; no guards. Stores use it as a check."""
-    return _DESTINATIONS.get((State(state), Trigger(trigger)))
+    return _DESTINATIONS.get((_state(state), _trigger(trigger)))
 
 
 def plan(payment: PaymentLike, trigger: Trigger | str, **payload: Any) -> State:
@@ -177,8 +177,8 @@ def plan(payment: PaymentLike, trigger: Trigger | str, **payload: Any) -> State:
     is remembered (running an event through `transitions` costs more than the rest of a notification's
     decision). A refusal always goes to the machine, which says why.
     """
-    trigger = Trigger(trigger)
-    state = State(payment.state)
+    trigger = _trigger(trigger)
+    state = _state(payment.state)
     if (state, trigger) not in _DESTINATIONS:
         raise errors.IllegalTransition(state.value, trigger.value)
     passes = all(guard(payment, payload) is None for guard in GUARDS.get(trigger, ()))
@@ -191,6 +191,15 @@ def plan(payment: PaymentLike, trigger: Trigger | str, **payload: Any) -> State:
     if passes:
         _PLANNED[(state, trigger)] = planned
     return planned
+
+
+def _state(value: State | str) -> State:
+    # Already a State on every hot path; calling State(...) on one still costs an enum lookup.
+    return value if value.__class__ is State else State(value)
+
+
+def _trigger(value: Trigger | str) -> Trigger:
+    return value if value.__class__ is Trigger else Trigger(value)
 
 
 # (state, trigger) → where the machine took a payment whose guards all passed; filled by plan().

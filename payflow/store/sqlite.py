@@ -1,7 +1,7 @@
 """SQLite backend of `PaymentStore`: aiosqlite, WAL with synchronous=FULL, migrations by user_version.
 
-Writes go through one group-commit writer (all writes queued during a commit share the next one,
-each under its own savepoint); reads use a second connection, so they never see another write's
+Writes go through one group-commit writer (all writes queued during a commit share the next one, and
+a failed write fails alone; see group_commit); reads use a second connection, so they never see another write's
 uncommitted state and never queue behind a commit.
 """
 
@@ -146,7 +146,7 @@ class SqliteStore(PaymentStore):
                          notification=None, lease_token=step.lease_token)
             return Decided(step, payment, moved)
 
-        return await self.writes.submit(work)
+        return await self.writes.enqueue(work)  # every notification comes here: one coroutine fewer
 
     async def reschedule(
         self, payment: models.Payment, *, next_attempt_at: dt.datetime | None, attempts: int, at: dt.datetime

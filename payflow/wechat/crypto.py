@@ -21,6 +21,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey, RSAPublicKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from multidict import CIMultiDict, CIMultiDictProxy
 
 AUTH_SCHEME = "WECHATPAY2-SHA256-RSA2048"
 PROBE_PREFIX = "WECHATPAY/SIGNTEST/"
@@ -270,7 +271,11 @@ def build_response_message(timestamp: int | str, nonce: str, body: bytes) -> byt
     return head.encode("utf-8") + body + b"\n"
 
 
-def _header_lookup(headers: Mapping[str, str]) -> dict[str, str]:
+def _header_lookup(headers: Mapping[str, str]) -> Mapping[str, str]:
+    """Headers looked up by lower-case name. aiohttp's headers already are: used as they are, rather than
+    folding every header of every notification."""
+    if isinstance(headers, CIMultiDictProxy | CIMultiDict):
+        return headers
     folded: dict[str, str] = {}
     for name, value in headers.items():
         folded.setdefault(name.lower(), value)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import pathlib
 import sqlite3
 
@@ -10,6 +11,7 @@ import pytest
 from payflow import errors
 from payflow.store import open_store
 from payflow.store.sqlite import MIGRATIONS
+from payflow.store.sqlite_schema import from_ts, ts
 
 
 def _plan(path: pathlib.Path, sql: str) -> str:
@@ -56,3 +58,19 @@ async def test_unsupported_urls_are_refused() -> None:
 async def test_unopenable_path_is_a_store_error(tmp_path: pathlib.Path) -> None:
     with pytest.raises(errors.StoreUnavailable):
         await open_store(f"sqlite:///{tmp_path / 'missing-dir' / 'p.db'}")
+
+
+@pytest.mark.parametrize("moment", [
+    dt.datetime(2026, 11, 27, 3, 4, 5, 123456, tzinfo=dt.UTC),
+    dt.datetime(2026, 1, 1, tzinfo=dt.UTC),  # zero microseconds keep their six digits
+    dt.datetime(999, 12, 31, 23, 59, 59, 999999, tzinfo=dt.UTC),  # a three-digit year is zero-padded
+    dt.datetime(2026, 11, 27, 4, 0, tzinfo=dt.timezone(dt.timedelta(hours=8))),  # another zone: shown in UTC
+])
+def test_stored_times_are_fixed_width_utc_isoformat(moment: dt.datetime) -> None:
+    assert ts(moment) == moment.astimezone(dt.UTC).isoformat(timespec="microseconds")
+    assert from_ts(ts(moment)) == moment
+
+
+def test_a_naive_time_is_refused() -> None:
+    with pytest.raises(ValueError, match="naive"):
+        ts(dt.datetime(2026, 11, 27))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import re
+from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey, RSAPublicKey
+from multidict import CIMultiDict, CIMultiDictProxy
 
 from payflow.wechat import crypto
 from payflow.wechat.crypto import (
@@ -340,7 +342,7 @@ def test_jsapi_pay_params_defaults_verify(generated: tuple[RSAPrivateKey, RSAPub
 def _verify_response(
     key: RSAPublicKey,
     *,
-    headers: dict[str, str] | None = None,
+    headers: Mapping[str, str] | None = None,
     body: bytes = RESP_BODY,
     now: float = RESP_TS,
     tolerance: int = 300,
@@ -370,6 +372,16 @@ def test_header_names_are_case_insensitive(pubkey_mode_key: RSAPublicKey) -> Non
     _verify_response(pubkey_mode_key, headers=lowered)
     upper = {name.upper(): value for name, value in RESP_HEADERS.items()}
     _verify_response(pubkey_mode_key, headers=upper)
+    # aiohttp's own header mappings (a server's request.headers, a client's response.headers)
+    _verify_response(pubkey_mode_key, headers=CIMultiDictProxy(CIMultiDict(lowered)))
+    _verify_response(pubkey_mode_key, headers=CIMultiDict(upper))
+
+
+def test_a_missing_header_is_named_in_any_mapping(pubkey_mode_key: RSAPublicKey) -> None:
+    without = {name: value for name, value in RESP_HEADERS.items() if name.lower() != "wechatpay-nonce"}
+    for headers in (without, CIMultiDictProxy(CIMultiDict(without))):
+        with pytest.raises(SignatureInvalid, match="wechatpay-nonce"):
+            _verify_response(pubkey_mode_key, headers=headers)
 
 
 def test_tampered_body_fails(pubkey_mode_key: RSAPublicKey) -> None:
