@@ -39,7 +39,7 @@ class Paid(ServiceCore):
         try:
             note = self.verifier.verify(headers, raw)
         except NotificationRejected as exc:
-            self.metrics.notifications.labels(outcome=exc.code).inc()
+            self.metrics.count_notification(exc.code)
             log.info("notification.refused", reason=exc.code, error=str(exc))
             raise
         in_flight = self.handling_notification()  # type: ignore[attr-defined]
@@ -59,7 +59,7 @@ class Paid(ServiceCore):
             return "ignored"
         if txn.mchid != self.settings.wechat_mchid or txn.appid != self.settings.wechat_appid:
             log.warning("notification.refused", reason="merchant_mismatch", mchid=txn.mchid, appid=txn.appid)
-            self.metrics.notifications.labels(outcome="mismatch").inc()
+            self.metrics.count_notification("mismatch")
             raise MalformedNotification("mchid/appid do not belong to this merchant")
         outcome = await self.confirm_paid(txn, Source.NOTIFY, notification=row)
         if STDLIB_LOG.isEnabledFor(logging.INFO):  # thousands a second: skip building a dropped event

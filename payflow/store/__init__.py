@@ -59,9 +59,8 @@ def transition_changes(
     if states.destination(payment.state, trigger) is not to:
         raise errors.IllegalTransition(payment.state.value, trigger.value)
     values = dict(changes or {})
-    unknown = set(values) - CHANGEABLE
-    if unknown:
-        raise ValueError(f"transition cannot change {sorted(unknown)}")
+    if not CHANGEABLE.issuperset(values):
+        raise ValueError(f"transition cannot change {sorted(set(values) - CHANGEABLE)}")
     values.setdefault("attempts", 0)
     if to in UNSCHEDULED:
         values["next_attempt_at"] = None

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import operator
 import secrets
 import sqlite3
 from collections.abc import Iterable, Mapping
@@ -368,13 +369,19 @@ def _cas(
     insert_event(db, payment.out_trade_no, payment.state, to, trigger.value, source, detail, at, at_text=at_text)
     if notification is not None:
         insert_notification(db, notification)
-    written = {k: _utc(v) if isinstance(v, dt.datetime) else v for k, v in values.items()}
-    written.update(state=to, version=payment.version + 1, lease_token=lease_token, updated_at=_utc(at))
-    return models.Payment(*[written[name] if name in written else getattr(payment, name) for name in PAYMENT_FIELDS])
+    fields = list(_ALL_FIELDS(payment))
+    for name, value in values.items():
+        fields[_FIELD_INDEX[name]] = _utc(value) if isinstance(value, dt.datetime) else value
+    fields[_STATE], fields[_VERSION], fields[_LEASE], fields[_UPDATED] = to, payment.version + 1, lease_token, _utc(at)
+    return models.Payment(*fields)
 
 
 # The CAS statement for each set of changed columns (a handful exist: one per kind of transition).
 _CAS_SQL: dict[tuple[str, ...], str] = {}
+# A Payment's fields in constructor order, read in one call; and where each one sits.
+_ALL_FIELDS = operator.attrgetter(*PAYMENT_FIELDS)
+_FIELD_INDEX = {name: i for i, name in enumerate(PAYMENT_FIELDS)}
+_STATE, _VERSION, _LEASE, _UPDATED = (_FIELD_INDEX[name] for name in ("state", "version", "lease_token", "updated_at"))
 
 
 def _utc(value: dt.datetime) -> dt.datetime:

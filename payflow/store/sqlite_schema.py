@@ -188,7 +188,7 @@ _JSON = json.JSONEncoder(ensure_ascii=False, sort_keys=True, default=str)
 
 
 def to_json(value: Mapping[str, Any] | None) -> str:
-    return _JSON.encode(dict(value or {}))
+    return _JSON.encode(value if value.__class__ is dict else dict(value or {}))
 
 
 async def connect(path: str) -> aiosqlite.Connection:
