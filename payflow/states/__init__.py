@@ -181,7 +181,11 @@ def plan(payment: PaymentLike, trigger: Trigger | str, **payload: Any) -> State:
     state = _state(payment.state)
     if (state, trigger) not in _DESTINATIONS:
         raise errors.IllegalTransition(state.value, trigger.value)
-    passes = all(guard(payment, payload) is None for guard in GUARDS.get(trigger, ()))
+    passes = True
+    for guard in GUARDS.get(trigger, ()):
+        if guard(payment, payload) is not None:
+            passes = False
+            break
     if passes and (known := _PLANNED.get((state, trigger))) is not None:
         return known
     probe = _Probe(payment, payload)
