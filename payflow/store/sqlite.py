@@ -25,6 +25,7 @@ from payflow.store.sqlite_schema import (
     MIGRATIONS,
     PAYMENT_COLUMNS,
     PAYMENT_FIELDS,
+    SELECT_PAYMENT,
     connect,
     event_row,
     from_ts,
@@ -134,8 +135,7 @@ class SqliteStore(PaymentStore):
         # connection: nothing can change the payment in between, and its pages are in that connection's
         # cache (the read connection's cache is emptied by every commit).
         def work(db: sqlite3.Connection) -> Decided:
-            rows = db.execute(f"SELECT {PAYMENT_COLUMNS} FROM payments WHERE out_trade_no = ?",
-                              (out_trade_no,)).fetchall()
+            rows = db.execute(SELECT_PAYMENT, (out_trade_no,)).fetchall()
             payment = payment_row(rows[0]) if rows else None
             step = decide(payment)
             if notification is not None and not insert_notification(db, notification, step.outcome):
@@ -279,8 +279,7 @@ class SqliteStore(PaymentStore):
             raise errors.StoreUnavailable(f"SQLite read failed: {exc}") from exc
 
     async def get(self, out_trade_no: str) -> models.Payment | None:
-        rows = await self._fetchall(f"SELECT {PAYMENT_COLUMNS} FROM payments WHERE out_trade_no = ?",
-                                    (out_trade_no,))
+        rows = await self._fetchall(SELECT_PAYMENT, (out_trade_no,))
         return payment_row(rows[0]) if rows else None
 
     async def get_by_order_id(self, order_id: str) -> models.Payment | None:
