@@ -64,6 +64,8 @@ class GroupCommitWriter:
         """`submit` without its coroutine: the future resolves once the batch holding `work` committed."""
         if self._closed:
             raise errors.StoreUnavailable("the store is closed")
+        if self._task is not None and self._task.done():
+            raise errors.StoreUnavailable("the store's writer has stopped")
         loop = asyncio.get_running_loop()
         if self._task is None:
             self._task = loop.create_task(self._run(), name="sqlite-group-commit")
@@ -77,7 +79,11 @@ class GroupCommitWriter:
         self._closed = True
         if self._task is not None:
             self._wake()
-            await self._task
+            # wait() rather than await: a writer that died (cancelled, or a bug) must not stop the caller
+            # from closing the connections after it.
+            await asyncio.wait({self._task})
+            if not self._task.cancelled() and self._task.exception() is not None:
+                log.error("store.writer_failed", error=repr(self._task.exception()))
 
     def _wake(self) -> None:
         if self._wakeup is not None and not self._wakeup.done():
@@ -85,16 +91,27 @@ class GroupCommitWriter:
 
     async def _run(self) -> None:
         pending = self._pending
-        while True:
-            if not pending:
-                if self._closed:
-                    return
-                self._wakeup = asyncio.get_running_loop().create_future()
-                await self._wakeup
-                self._wakeup = None
-                continue
-            count = min(len(pending), self._max_batch)
-            await self._commit([pending.popleft() for _ in range(count)])
+        batch: list[_Item] = []
+        try:
+            while True:
+                if not pending:
+                    if self._closed:
+                        return
+                    self._wakeup = asyncio.get_running_loop().create_future()
+                    await self._wakeup
+                    self._wakeup = None
+                    continue
+                batch = [pending.popleft() for _ in range(min(len(pending), self._max_batch))]
+                await self._commit(batch)
+        finally:
+            # Stopped other than by close() (cancelled, or a bug): nobody may wait forever, and nobody may
+            # be told that a write in the interrupted batch committed. "Unavailable" makes WeChat deliver
+            # again, and a notification that did commit is then recognised by its id.
+            stopped = errors.StoreUnavailable("the store's writer has stopped")
+            for item in (*batch, *pending):
+                if not item.future.done():
+                    item.future.set_exception(stopped)
+            pending.clear()
 
     async def _commit(self, batch: list[_Item]) -> None:
         live = [item for item in batch if not item.future.cancelled()]  # a caller gone before: apply nothing

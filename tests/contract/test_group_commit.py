@@ -112,6 +112,26 @@ async def test_a_closed_store_refuses_writes(store: SqliteStore) -> None:
         await store.create(factories.payment(), source=Source.API, detail={})
 
 
+async def test_writes_waiting_on_a_stopped_writer_fail_instead_of_hanging(store: SqliteStore) -> None:
+    a, b = [await store.create(factories.payment(), source=Source.API, detail={}) for _ in range(2)]
+    held = asyncio.Event()
+
+    def slow(db: object) -> None:
+        held.set()
+        db.execute("SELECT 1")  # type: ignore[attr-defined]
+
+    in_batch = asyncio.ensure_future(store.writes.submit(slow))
+    queued = asyncio.ensure_future(
+        store.transition(a, State.CLOSED, Trigger.CLOSE, source=Source.API, at=T0))
+    await asyncio.sleep(0)  # both queued; the writer takes the first batch
+    assert store.writes._task is not None
+    store.writes._task.cancel()  # the writer dies mid-run (a bug, or a loop shut down under it)
+    results = await asyncio.wait_for(asyncio.gather(in_batch, queued, return_exceptions=True), 5)
+    assert all(isinstance(r, errors.StoreUnavailable) for r in results), results
+    with pytest.raises(errors.StoreUnavailable, match="stopped"):
+        await store.transition(b, State.CLOSED, Trigger.CLOSE, source=Source.API, at=T0)
+
+
 _CHILD = textwrap.dedent(
     """
     import asyncio, sys
