@@ -151,7 +151,7 @@ class GroupCommitWriter:
             outcomes = _apply_all(conn, works)
         except _HalfWritten:
             _rollback(conn)  # releases the lock; the isolated pass takes it again on the thread
-            return await self._db._execute(_run_isolated, conn, works)  # type: ignore[no-any-return]
+            return await self._db._execute(_in_transaction, conn, _apply_isolated, works)  # type: ignore[no-any-return]
         except BaseException:
             await self._db._execute(_rollback, conn)
             raise
@@ -206,24 +206,18 @@ def _apply_isolated(conn: sqlite3.Connection, works: list[Work]) -> list[tuple[b
 
 def _run_alone(conn: sqlite3.Connection, works: list[Work]) -> list[tuple[bool, Any]]:
     """On the connection's thread: BEGIN, the writes, COMMIT (again with savepoints if one half-failed)."""
-    conn.execute("BEGIN IMMEDIATE")
     try:
-        outcomes = _apply_all(conn, works)
-        conn.execute("COMMIT")
+        return _in_transaction(conn, _apply_all, works)
     except _HalfWritten:
-        _rollback(conn)
-        return _run_isolated(conn, works)
-    except BaseException:
-        _rollback(conn)
-        raise
-    return outcomes
+        return _in_transaction(conn, _apply_isolated, works)
 
 
-def _run_isolated(conn: sqlite3.Connection, works: list[Work]) -> list[tuple[bool, Any]]:
-    """On the connection's thread: BEGIN, the writes each under a savepoint, COMMIT."""
+def _in_transaction(conn: sqlite3.Connection, apply: Callable[[sqlite3.Connection, list[Work]], list[tuple[bool, Any]]],
+                    works: list[Work]) -> list[tuple[bool, Any]]:
+    """On the connection's thread: BEGIN, `apply` the writes, COMMIT; rolled back if anything escapes."""
     conn.execute("BEGIN IMMEDIATE")
     try:
-        outcomes = _apply_isolated(conn, works)
+        outcomes = apply(conn, works)
         conn.execute("COMMIT")
     except BaseException:
         _rollback(conn)
