@@ -1,19 +1,16 @@
-"""The payment state machine: states, triggers, the transition table and the pure `plan()`.
+"""The payment state machine: states, triggers, the transition table and its guards (DESIGN §2).
 
-The table is data, built once at import into one `transitions.Machine(model=None)`; `plan()` runs an
-event on a throwaway probe so guards and the table are checked in exactly one place.
+`TABLE` is the one authority: `plan()`, the stores' `destination()` check and the `transitions` Machine
+(`TABLE.machine()`) all read it; see `payflow.states.table`.
 """
 
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any, Protocol
 
-from transitions import Machine
-from transitions.core import EventData
-
-from payflow import errors
+from payflow.states.table import Guard, Table
 
 
 class State(enum.StrEnum):
@@ -51,12 +48,10 @@ class Source(enum.StrEnum):
 
 # WeChat has confirmed the money arrived (the payer-facing "paid").
 PAID_STATES = frozenset({State.NOTIFIED, State.SYNCED, State.RECONCILED})
-# Nothing is scheduled for these; only an operator or a contradicting WeChat fact moves them.
-TERMINAL_STATES = frozenset({State.RECONCILED, State.CLOSED})
 
 S, T = State, Trigger
 # (trigger, sources, destination) — the one transition table of DESIGN §2.
-TABLE: tuple[tuple[Trigger, tuple[State, ...], State], ...] = (
+ROWS: tuple[tuple[Trigger, tuple[State, ...], State], ...] = (
     (T.PREPAY, (S.CREATED,), S.PREPAID),
     (T.PAY, (S.CREATED, S.PREPAID), S.NOTIFIED),
     (T.SYNC, (S.NOTIFIED,), S.SYNCED),
@@ -77,9 +72,6 @@ class PaymentLike(Protocol):
 
     @property
     def amount(self) -> int: ...
-
-
-Guard = Callable[[PaymentLike, Mapping[str, Any]], "str | None"]
 
 
 def _amount_matches(payment: PaymentLike, payload: Mapping[str, Any]) -> str | None:
@@ -112,99 +104,14 @@ GUARDS: Mapping[Trigger, tuple[Guard, ...]] = {
     Trigger.DISMISS: (_requires("note"),),
 }
 
-
-class _Probe:
-    """A throwaway model for one `plan()` call; never stored, never shared."""
-
-    __slots__ = ("state", "payment", "payload", "rejection")
-
-    def __init__(self, payment: PaymentLike, payload: Mapping[str, Any]) -> None:
-        self.state = State(payment.state).value
-        self.payment = payment
-        self.payload = payload
-        self.rejection: str | None = None
-
-
-def _condition(trigger: Trigger) -> Callable[[EventData], bool]:
-    guards = GUARDS.get(trigger, ())
-
-    def check(event: EventData) -> bool:
-        probe: _Probe = event.model
-        for guard in guards:
-            reason = guard(probe.payment, probe.payload)
-            if reason is not None:
-                probe.rejection = reason
-                return False
-        return True
-
-    return check
-
-
-_MACHINE = Machine(
-    model=None,
-    states=[s.value for s in State],
-    transitions=[
-        {
-            "trigger": trigger.value,
-            "source": [s.value for s in sources],
-            "dest": dest.value,
-            "conditions": [_condition(trigger)],
-        }
-        for trigger, sources, dest in TABLE
-    ],
-    initial=None,
-    auto_transitions=False,
-    send_event=True,
-)
-
-_DESTINATIONS: Mapping[tuple[State, Trigger], State] = {
-    (source, trigger): dest for trigger, sources, dest in TABLE for source in sources
-}
-
-
-def destination(state: State, trigger: Trigger) -> State | None:
-    """The table's destination for (state, trigger), or None; no guards. Stores use it as a check."""
-    return _DESTINATIONS.get((_state(state), _trigger(trigger)))
+TABLE: Table[State, Trigger] = Table(State, Trigger, ROWS, GUARDS)
 
 
 def plan(payment: PaymentLike, trigger: Trigger | str, **payload: Any) -> State:
-    """Return where `trigger` takes `payment`, or raise IllegalTransition / GuardRejected.
-
-    Pure: the payment is not modified; the event runs on a throwaway probe.
-
-    The machine's answer depends only on (state, trigger) and on whether each guard passes, and guards
-    are pure: so once the machine has answered for a (state, trigger) whose guards all pass, that answer
-    is remembered (running an event through `transitions` costs more than the rest of a notification's
-    decision). A refusal always goes to the machine, which says why.
-    """
-    trigger = _trigger(trigger)
-    state = _state(payment.state)
-    if (state, trigger) not in _DESTINATIONS:
-        raise errors.IllegalTransition(state.value, trigger.value)
-    passes = True
-    for guard in GUARDS.get(trigger, ()):
-        if guard(payment, payload) is not None:
-            passes = False
-            break
-    if passes and (known := _PLANNED.get((state, trigger))) is not None:
-        return known
-    probe = _Probe(payment, payload)
-    if not _MACHINE.events[trigger.value].trigger(probe):
-        raise errors.GuardRejected(state.value, trigger.value, probe.rejection or "guard refused")
-    planned = State(probe.state)
-    if passes:
-        _PLANNED[(state, trigger)] = planned
-    return planned
+    """Where `trigger` takes `payment`, or raise IllegalTransition / GuardRejected. Pure."""
+    return TABLE.plan(payment, trigger, **payload)
 
 
-def _state(value: State | str) -> State:
-    # Already a State on every hot path; calling State(...) on one still costs an enum lookup.
-    return value if value.__class__ is State else State(value)
-
-
-def _trigger(value: Trigger | str) -> Trigger:
-    return value if value.__class__ is Trigger else Trigger(value)
-
-
-# (state, trigger) → where the machine took a payment whose guards all passed; filled by plan().
-_PLANNED: dict[tuple[State, Trigger], State] = {}
+def destination(state: State | str, trigger: Trigger | str) -> State | None:
+    """The table's destination for (state, trigger), or None; no guards. Stores use it as a check."""
+    return TABLE.destination(state, trigger)

@@ -1,8 +1,10 @@
 from __future__ import annotations
 
 import itertools
+from typing import Any
 
 import pytest
+from transitions import MachineError
 
 from payflow import errors, states
 from payflow.states import State, Trigger
@@ -61,6 +63,51 @@ def test_every_state_trigger_pair(state: str, trigger: str) -> None:
         assert states.plan(payment, trigger, **VALID_PAYLOAD[trigger]) is State(expected)
         assert states.destination(State(state), Trigger(trigger)) is State(expected)
     assert payment.state is State(state)  # plan is pure
+
+
+class _Probe:
+    """A model for the `transitions` Machine built from the table: what its conditions read and set."""
+
+    def __init__(self, record: Any, payload: dict[str, Any]) -> None:
+        self.state = record.state.value
+        self.record = record
+        self.payload = payload
+        self.rejection: str | None = None
+
+
+MACHINE = states.TABLE.machine()
+
+
+@pytest.mark.parametrize("guards", ["pass", "fail"])
+@pytest.mark.parametrize(("state", "trigger"), ALL_PAIRS)
+def test_the_transitions_machine_built_from_the_table_agrees_with_plan(state: str, trigger: str, guards: str) -> None:
+    payment = factories.payment(state=State(state), amount=100)
+    payload = VALID_PAYLOAD[trigger] if guards == "pass" else {}
+    probe = _Probe(payment, payload)
+    try:
+        moved = MACHINE.events[trigger].trigger(probe)
+    except MachineError:
+        with pytest.raises(errors.IllegalTransition):
+            states.plan(payment, trigger, **payload)
+        return
+    if moved:
+        assert states.plan(payment, trigger, **payload) is State(probe.state)
+    else:
+        with pytest.raises(errors.GuardRejected) as refused:
+            states.plan(payment, trigger, **payload)
+        assert refused.value.reason == probe.rejection and probe.state == state
+
+
+def test_a_table_with_a_step_twice_is_refused() -> None:
+    rows = (*states.ROWS, (Trigger.CLOSE, (State.PREPAID,), State.NEEDS_REVIEW))
+    with pytest.raises(ValueError, match="close from prepaid appears twice"):
+        states.Table(State, Trigger, rows, states.GUARDS)
+
+
+def test_sources_are_read_from_the_table() -> None:
+    assert states.TABLE.sources(Trigger.FLAG) == {
+        State.CREATED, State.PREPAID, State.NOTIFIED, State.SYNCED, State.CLOSED}
+    assert states.TABLE.sources(Trigger.REQUEUE) == {State.NEEDS_REVIEW}
 
 
 def test_reconciled_is_terminal() -> None:
