@@ -9,7 +9,7 @@ import sys
 
 
 def _parser() -> argparse.ArgumentParser:
-    from simulator import backend as backend_sim
+    from simulator.backend import server as backend_sim
     from simulator.wechat import server as wechat_sim
 
     parser = argparse.ArgumentParser(prog="run.py", description="payflow: a WeChat Pay gateway")
@@ -18,7 +18,11 @@ def _parser() -> argparse.ArgumentParser:
     keys = commands.add_parser("keys", help="write a development key set (and payflow.env) to DIR")
     keys.add_argument("dir", metavar="DIR")
 
-    serve = commands.add_parser("serve", help="run payflow (configured by PAYFLOW_* variables)")
+    from payflow import settings as payflow_settings
+
+    serve = commands.add_parser("serve", help="run payflow (configured by PAYFLOW_* variables)",
+                                epilog=payflow_settings.help_text(),
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     serve.add_argument("--host", help="bind address (default: PAYFLOW_HOST or 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port (default: PAYFLOW_PORT or 8080; 0 picks a free one)")
     serve.add_argument("--dev", action="store_true",
@@ -56,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "serve":
         if args.dev:
-            from payflow import devserver
+            from simulator import devserver
 
             return devserver.run(host=args.host, port=args.port)
         from payflow import server
@@ -79,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
 
         return wechat_sim.main(args)
     if args.command == "backend-sim":
-        from simulator import backend as backend_sim
+        from simulator.backend import server as backend_sim
 
         return backend_sim.main(args)
     raise AssertionError(f"unhandled command {args.command}")

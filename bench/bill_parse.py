@@ -18,9 +18,10 @@ import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
+from payflow.clock import SHANGHAI  # noqa: E402
 from payflow.wechat.bill import parse_trade_bill  # noqa: E402
 from simulator.wechat import bills  # noqa: E402
-from simulator.wechat.ledger import SHANGHAI, Order, Refund  # noqa: E402
+from simulator.wechat.ledger import Order, Refund  # noqa: E402
 
 DAY = dt.date(2026, 11, 26)
 REPEATS = 3

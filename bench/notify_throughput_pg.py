@@ -1,5 +1,5 @@
 """Acknowledged notifications per second with payflow on PostgreSQL: 1 replica, and 3 replicas
-behind the round-robin proxy of simulator/proxy.py.
+behind the round-robin proxy of simulator/chaos/proxy.py.
 
     python bench/notify_throughput_pg.py [--notifications N] [--concurrency 64] [--database URL] [--quick]
 
@@ -34,7 +34,7 @@ from bench._notify import fixture, procs  # noqa: E402
 from bench._notify.stub import BackendStub  # noqa: E402
 from payflow import devkeys  # noqa: E402
 from payflow.store import open_store  # noqa: E402
-from simulator.proxy import create_app as proxy_app  # noqa: E402
+from simulator.chaos.proxy import create_app as proxy_app  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 

@@ -20,9 +20,10 @@ import sys
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 from payflow import logs  # noqa: E402
-from simulator.backend_faults import BackendFaults  # noqa: E402
-from simulator.chaos.driver import Options, simulate  # noqa: E402
-from simulator.faults import WechatFaults  # noqa: E402
+from simulator.backend.faults import BackendFaults  # noqa: E402
+from simulator.chaos.driver import simulate  # noqa: E402
+from simulator.chaos.scenario import Options  # noqa: E402
+from simulator.wechat.faults import WechatFaults  # noqa: E402
 
 DEFAULTS = {"PAYFLOW_QUERY_SCHEDULE": "30s,1m,2m,5m,10m", "PAYFLOW_SWEEP_INTERVAL": "5s",
             "PAYFLOW_QUERY_ON_READ": "0"}

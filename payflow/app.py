@@ -4,27 +4,30 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
+from typing import Any, Protocol, TypeVar
 
 from aiohttp import web
 
-from payflow.backend import BackendClient
+from payflow.backend import Backend, BackendClient
 from payflow.clock import Clock
 from payflow.http import keys, middlewares, routes
 from payflow.metrics import Metrics
 from payflow.ratelimit import RateLimiter
 from payflow.reconcile import DailySchedule, Reconciler
 from payflow.service import PaymentService
+from payflow.service.unconfigured import UnconfiguredBackend, UnconfiguredWechat
 from payflow.settings import Settings
 from payflow.store import PaymentStore, open_store
 from payflow.sweeper import Sweeper
 from payflow.wechat.api import WechatApi
 from payflow.wechat.client import WechatPayClient
-from payflow.wechat.notify import NotificationVerifier
+from payflow.wechat.notify import NotificationVerifier, Verifier
 
 
 @contextlib.asynccontextmanager
-async def _running(run: Callable[[asyncio.Event], Awaitable[None]], name: str, *, grace: float) -> AsyncIterator[None]:
+async def _running(run: Callable[[asyncio.Event], Coroutine[Any, Any, None]], name: str, *,
+                   grace: float) -> AsyncIterator[None]:
     """Run a background loop for the life of the block; on exit ask it to stop and wait, and cancel
     only what is still running after `grace` (a pass that is stuck)."""
     stop = asyncio.Event()
@@ -39,6 +42,33 @@ async def _running(run: Callable[[asyncio.Event], Awaitable[None]], name: str, *
             await asyncio.wait({task})
 
 
+class _Closable(Protocol):
+    async def aclose(self) -> None: ...
+
+
+_C = TypeVar("_C", bound=_Closable)
+
+
+def _owned(stack: contextlib.AsyncExitStack, client: _C | None) -> _C | None:
+    """`client`, closed when `stack` closes; None passes through (that side is not configured)."""
+    if client is not None:
+        stack.push_async_callback(client.aclose)
+    return client
+
+
+def _wechat_client(settings: Settings, metrics: Metrics) -> WechatPayClient | None:
+    if _missing_wechat(settings):
+        return None
+    return WechatPayClient.from_settings(settings, timeout=settings.wechat_timeout,
+                                         limiter=RateLimiter(settings.wechat_rate), metrics=metrics)
+
+
+def _backend_client(settings: Settings) -> BackendClient | None:
+    if not (settings.backend_url and settings.backend_secret):
+        return None
+    return BackendClient(settings.backend_url, settings.backend_secret, timeout=settings.backend_timeout)
+
+
 def _missing_wechat(settings: Settings) -> bool:
     return not all((settings.wechat_mchid, settings.wechat_appid, settings.wechat_mch_serial,
                     settings.wechat_mch_key_file, settings.wechat_pubkey_id, settings.wechat_pubkey_file))
@@ -49,8 +79,8 @@ def create_app(
     *,
     store: PaymentStore | None = None,
     wechat: WechatApi | None = None,
-    verifier: NotificationVerifier | None = None,
-    backend: BackendClient | None = None,
+    verifier: Verifier | None = None,
+    backend: Backend | None = None,
     clock: Clock | None = None,
     metrics: Metrics | None = None,
     run_sweeper: bool = True,
@@ -75,29 +105,15 @@ def create_app(
             if owned:
                 await app[keys.STORE].close()
 
-    async def wechat_ctx(app: web.Application) -> AsyncIterator[None]:
-        client = None
-        if wechat is None and not _missing_wechat(settings):
-            client = WechatPayClient.from_settings(
-                settings, timeout=settings.wechat_timeout, limiter=RateLimiter(settings.wechat_rate),
-                metrics=app[keys.METRICS])
-        app[keys.WECHAT] = wechat if wechat is not None else client
-        try:
+    async def clients_ctx(app: web.Application) -> AsyncIterator[None]:
+        """WeChat Pay and the backend: an injected client as it is (the app does not close what it did not
+        open); otherwise one built from the settings and closed on exit; otherwise a null object."""
+        async with contextlib.AsyncExitStack() as owned:
+            app[keys.WECHAT] = (wechat if wechat is not None else
+                                _owned(owned, _wechat_client(settings, app[keys.METRICS])) or UnconfiguredWechat())
+            app[keys.BACKEND] = (backend if backend is not None else
+                                 _owned(owned, _backend_client(settings)) or UnconfiguredBackend())
             yield
-        finally:
-            if client is not None:
-                await client.aclose()
-
-    async def backend_ctx(app: web.Application) -> AsyncIterator[None]:
-        client = None
-        if backend is None and settings.backend_url and settings.backend_secret:
-            client = BackendClient(settings.backend_url, settings.backend_secret, timeout=settings.backend_timeout)
-        app[keys.BACKEND] = backend if backend is not None else client
-        try:
-            yield
-        finally:
-            if client is not None:
-                await client.aclose()
 
     async def service_ctx(app: web.Application) -> AsyncIterator[None]:
         service = PaymentService(
@@ -126,6 +142,6 @@ def create_app(
         async with _running(schedule.run, "reconcile-schedule", grace=settings.wechat_timeout + 1):
             yield
 
-    app.cleanup_ctx.extend([store_ctx, wechat_ctx, backend_ctx, service_ctx, sweeper_ctx, reconcile_ctx])
+    app.cleanup_ctx.extend([store_ctx, clients_ctx, service_ctx, sweeper_ctx, reconcile_ctx])
     routes.setup(app)
     return app

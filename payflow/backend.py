@@ -10,14 +10,14 @@ import dataclasses
 import json
 import time
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import aiohttp
 
 from payflow import logs, models
 from payflow.signing import InvalidSignature, sign_headers, verify_signature
 
-__all__ = ["BackendClient", "Delivery", "InvalidSignature", "event_body", "verify_signature"]
+__all__ = ["Backend", "BackendClient", "Delivery", "InvalidSignature", "event_body", "verify_signature"]
 
 log = logs.get_logger(__name__)
 
@@ -53,6 +53,14 @@ def event_body(payment: models.Payment) -> bytes:
     }, ensure_ascii=False, separators=(",", ":")).encode()
 
 
+class Backend(Protocol):
+    """Where paid events go; `BackendClient` is the real one."""
+
+    async def deliver(self, payment: models.Payment) -> Delivery:
+        """One attempt; never raises for the backend's own failures (those are a `retry` Delivery)."""
+        ...
+
+
 class BackendClient:
     def __init__(self, url: str, secret: str, *, timeout: float = 10.0, session: aiohttp.ClientSession | None = None,
                  now: Callable[[], float] = time.time) -> None:
@@ -76,8 +84,8 @@ class BackendClient:
         try:
             async with self._session.post(self.url, data=body, headers=headers, timeout=self._timeout,
                                           allow_redirects=False) as response:
-                text = (await response.text(errors="replace"))[:_KEPT_BODY]
                 status = response.status
+                text = await _kept_text(response)
         except (TimeoutError, aiohttp.ClientError) as exc:
             return Delivery("retry", error=f"{type(exc).__name__}: {exc}"[:_KEPT_BODY])
         if 200 <= status < 300:
@@ -85,3 +93,23 @@ class BackendClient:
         if status in REJECTING_STATUSES:
             return Delivery("rejected", status=status, body=text)
         return Delivery("retry", status=status, body=text)
+
+
+async def _kept_text(response: aiohttp.ClientResponse) -> str:
+    """The first `_KEPT_BODY` characters of the answer, reading no more bytes than those can take: a backend
+    answering gigabytes (or never ending its answer) must not make payflow buffer them or wait for them."""
+    limit = _KEPT_BODY * 4  # no charset spends more than four bytes on a character
+    chunks: list[bytes] = []
+    size = 0
+    while size < limit:
+        chunk = await response.content.read(limit - size)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    raw = b"".join(chunks)
+    try:
+        text = raw.decode(response.charset or "utf-8", errors="replace")
+    except LookupError:  # a charset Python does not know
+        text = raw.decode("utf-8", errors="replace")
+    return text[:_KEPT_BODY]

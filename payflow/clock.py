@@ -5,6 +5,9 @@ from __future__ import annotations
 import datetime as dt
 from typing import Protocol
 
+# WeChat Pay's time zone: order expiry times, bill dates and the reconcile schedule are read in it.
+SHANGHAI = dt.timezone(dt.timedelta(hours=8), "Asia/Shanghai")
+
 
 class Clock(Protocol):
     def now(self) -> dt.datetime: ...

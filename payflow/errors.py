@@ -60,6 +60,13 @@ class StoreUnavailable(PayflowError):
     code = "store_unavailable"
 
 
+class NotConfigured(PayflowError):
+    """A collaborator this call needs (WeChat Pay, the business backend, the notification keys) is not
+    configured; the message names the variables. Nothing was attempted."""
+
+    code = "not_configured"
+
+
 class SettingsError(PayflowError):
     """A configuration value is missing or malformed; the message names the variable."""
 

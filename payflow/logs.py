@@ -1,9 +1,11 @@
-"""structlog configuration (called once by the entry point) and request/payment context binding."""
+"""structlog configuration (called once by the entry point), request/payment context binding, and `redact_url`
+for every URL that is printed."""
 
 from __future__ import annotations
 
 import contextvars
 import logging
+import re
 import sys
 from typing import Any
 
@@ -59,6 +61,29 @@ def configure_logging(fmt: str | None = None, level: int | str = logging.INFO) -
 
 def get_logger(name: str) -> structlog.stdlib.BoundLogger:
     return structlog.stdlib.get_logger(name)
+
+
+# `?password=...`, `&sslpassword=...`, `?token=...`: a query parameter whose name says it holds a secret
+_SECRET_PARAMETER = re.compile(r"(?i)([?&][^=&#]*(?:pass|pwd|secret|token)[^=&#]*=)[^&#]*")
+
+
+def redact_url(url: str) -> str:
+    """The URL fit for a log line or a message: `postgresql://u:secret@h/db?password=x` →
+    `postgresql://u:***@h/db?password=***`. Every place that prints a database URL goes through this.
+
+    Errs towards hiding too much: the userinfo runs to the last `@` of the authority, and the authority ends at
+    the first `/`, `?` or `#` after the first `@`, so an unescaped `@` or `/` in a password is hidden as well."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:  # no scheme (a mistyped URL): all of it is the rest
+        scheme, rest = "", url
+    first_at = rest.find("@")
+    if first_at >= 0 and not rest.startswith("/"):  # `sqlite:///a@b.db` has no authority to hide
+        end = next((i for i in range(first_at, len(rest)) if rest[i] in "/?#"), len(rest))
+        at = rest.rindex("@", 0, end)
+        user, colon, password = rest[:at].partition(":")
+        if colon and password:
+            rest = f"{user}:***{rest[at:]}"
+    return _SECRET_PARAMETER.sub(r"\1***", f"{scheme}{sep}{rest}")
 
 
 class bound:  # noqa: N801 — used like a function: `with logs.bound(out_trade_no=...):`

@@ -11,7 +11,8 @@ import datetime as dt
 from typing import Any, Protocol
 
 from payflow import errors, logs, models
-from payflow.service import SHANGHAI, PaymentService
+from payflow.clock import SHANGHAI
+from payflow.service import PaymentService
 from payflow.states import Source, State
 from payflow.wechat.api import Transaction
 from payflow.wechat.bill import BillFormatError, BillLine, parse_trade_bill
@@ -24,8 +25,6 @@ log = logs.get_logger(__name__)
 BANK_MISS_AFTER_DAYS = 3
 
 MATCH_CONCURRENCY = 64
-
-CATEGORIES = ("AMOUNT_MISMATCH", "PLATFORM_MISS", "BANK_MISS", "PAID_AFTER_CLOSE", "REFUND")
 
 
 class BillSource(Protocol):

@@ -1,13 +1,19 @@
-"""Frozen `Settings` read once from the environment (DESIGN §6.4); bad values fail at start-up by name."""
+"""Frozen `Settings` read once from the environment (DESIGN §6.4); bad values fail at start-up by name.
+
+`VARIABLES` is the one table of environment variables: `Settings.from_env` walks it, and it renders
+README's configuration table (`markdown_table()`) and the list in `serve --help` (`help_text()`).
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import datetime as dt
 import re
-from collections.abc import Mapping
+import textwrap
+from collections.abc import Callable, Mapping
+from typing import Any
 
-from payflow import errors
+from payflow import errors, logs
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
@@ -15,31 +21,6 @@ _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 DEFAULT_QUERY_SCHEDULE = "30s,1m,2m,5m,10m"
 # WeChat's own notification schedule (24h4m in all); the first forward happens at once.
 DEFAULT_FORWARD_SCHEDULE = "15s,15s,30s,3m,10m,20m,30m,30m,30m,60m,3h,3h,3h,6h,6h"
-
-# What `serve` cannot run without (WeChat and backend wiring, tokens).
-REQUIRED_FOR_SERVE = (
-    "PAYFLOW_WECHAT_MCHID",
-    "PAYFLOW_WECHAT_APPID",
-    "PAYFLOW_WECHAT_MCH_SERIAL",
-    "PAYFLOW_WECHAT_MCH_KEY_FILE",
-    "PAYFLOW_WECHAT_APIV3_KEY",
-    "PAYFLOW_WECHAT_PUBKEY_ID",
-    "PAYFLOW_WECHAT_PUBKEY_FILE",
-    "PAYFLOW_NOTIFY_URL",
-    "PAYFLOW_BACKEND_URL",
-    "PAYFLOW_BACKEND_SECRET",
-    "PAYFLOW_API_TOKEN",
-    "PAYFLOW_ADMIN_TOKEN",
-)
-
-
-EXTRA_DURATIONS = {
-    "PAYFLOW_CREATED_GRACE": "created_grace",
-    "PAYFLOW_PLACEMENT_GRACE": "placement_grace",
-    "PAYFLOW_LEASE": "lease",
-    "PAYFLOW_BACKEND_TIMEOUT": "backend_timeout",
-    "PAYFLOW_WECHAT_TIMEOUT": "wechat_timeout",
-}
 
 
 def parse_duration(text: str, *, name: str = "duration") -> float:
@@ -54,7 +35,7 @@ def parse_duration(text: str, *, name: str = "duration") -> float:
 
 def parse_schedule(text: str, *, name: str = "schedule") -> tuple[float, ...]:
     """A comma list of durations, e.g. `15s,3m,1h` → (15.0, 180.0, 3600.0)."""
-    parts = [p for p in text.split(",")]
+    parts = text.split(",")
     if not text.strip() or any(not p.strip() for p in parts):
         raise errors.SettingsError(f"{name}: {text!r} is not a comma list of durations like 15s,3m,1h")
     return tuple(parse_duration(p, name=name) for p in parts)
@@ -62,6 +43,8 @@ def parse_schedule(text: str, *, name: str = "schedule") -> tuple[float, ...]:
 
 @dataclasses.dataclass(frozen=True)
 class Settings:
+    # The defaults of the fields in `VARIABLES` are spelled again there, as the environment would spell
+    # them; tests/unit/test_settings.py keeps the two equal.
     database_url: str = "sqlite:///payflow.db"
     host: str = "127.0.0.1"
     port: int = 8080
@@ -98,119 +81,233 @@ class Settings:
     max_body_bytes: int = 64 * 1024
     sweep_batch: int = 100
     sweep_concurrency: int = 8
-    # Forwards started by this process (after `pay`) in flight at once; 1 while notifications are in flight.
+    # PAYFLOW_FORWARD_CONCURRENCY, the exception: forwards started by this process (after `pay`) in flight
+    # at once; 1 while notifications are in flight.
     forward_concurrency: int = 16
     forward_backlog: int = 50_000  # queued first forwards kept in memory; beyond it, the lease and sweeper
 
-    @property
-    def payment_ttl_delta(self) -> dt.timedelta:
-        return dt.timedelta(seconds=self.payment_ttl)
-
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> Settings:
-        def get(name: str) -> str | None:
-            value = environ.get(name)
-            return value if value is not None and value.strip() != "" else None
-
-        values: dict[str, object] = {}
-        text_fields = {
-            "PAYFLOW_DATABASE_URL": "database_url",
-            "PAYFLOW_HOST": "host",
-            "PAYFLOW_WECHAT_BASE_URL": "wechat_base_url",
-            "PAYFLOW_WECHAT_MCHID": "wechat_mchid",
-            "PAYFLOW_WECHAT_APPID": "wechat_appid",
-            "PAYFLOW_WECHAT_MCH_SERIAL": "wechat_mch_serial",
-            "PAYFLOW_WECHAT_MCH_KEY_FILE": "wechat_mch_key_file",
-            "PAYFLOW_WECHAT_APIV3_KEY": "wechat_apiv3_key",
-            "PAYFLOW_WECHAT_PUBKEY_ID": "wechat_pubkey_id",
-            "PAYFLOW_WECHAT_PUBKEY_FILE": "wechat_pubkey_file",
-            "PAYFLOW_NOTIFY_URL": "notify_url",
-            "PAYFLOW_BACKEND_URL": "backend_url",
-            "PAYFLOW_BACKEND_SECRET": "backend_secret",
-            "PAYFLOW_API_TOKEN": "api_token",
-            "PAYFLOW_ADMIN_TOKEN": "admin_token",
-        }
-        for env_name, field in text_fields.items():
-            value = get(env_name)
-            if value is not None:
-                values[field] = value.strip()
-
-        if (port := get("PAYFLOW_PORT")) is not None:
-            values["port"] = _parse_port(port)
-        for env_name, field in (("PAYFLOW_QUERY_SCHEDULE", "query_schedule"),
-                                ("PAYFLOW_FORWARD_SCHEDULE", "forward_schedule")):
-            if (text := get(env_name)) is not None:
-                values[field] = parse_schedule(text, name=env_name)
-        if (ttl := get("PAYFLOW_PAYMENT_TTL")) is not None:
-            seconds = parse_duration(ttl, name="PAYFLOW_PAYMENT_TTL")
-            if seconds < 60:
-                raise errors.SettingsError("PAYFLOW_PAYMENT_TTL: must be at least 1m (WeChat's minimum)")
-            values["payment_ttl"] = seconds
-        if (interval := get("PAYFLOW_SWEEP_INTERVAL")) is not None:
-            values["sweep_interval"] = parse_duration(interval, name="PAYFLOW_SWEEP_INTERVAL")
-        if (read := get("PAYFLOW_QUERY_ON_READ")) is not None:
-            values["read_query_interval"] = parse_duration(read, name="PAYFLOW_QUERY_ON_READ")
-        for env_name, field in EXTRA_DURATIONS.items():
-            if (text := get(env_name)) is not None:
-                seconds = parse_duration(text, name=env_name)
-                if seconds <= 0:
-                    raise errors.SettingsError(f"{env_name}: must be longer than 0")
-                values[field] = seconds
-        if (at := get("PAYFLOW_RECONCILE_AT")) is not None:
-            values["reconcile_at"] = _parse_time_of_day(at)
-        if (rate := get("PAYFLOW_WECHAT_RATE")) is not None:
-            try:
-                values["wechat_rate"] = float(rate)
-            except ValueError:
-                values["wechat_rate"] = -1.0
-            if not 0 < float(values["wechat_rate"]) <= 10000:  # type: ignore[arg-type]
-                raise errors.SettingsError(f"PAYFLOW_WECHAT_RATE: {rate!r} is not a rate in calls per second")
-        if (concurrency := get("PAYFLOW_FORWARD_CONCURRENCY")) is not None:
-            if not concurrency.strip().isdigit() or not 1 <= int(concurrency) <= 1000:
-                raise errors.SettingsError(
-                    f"PAYFLOW_FORWARD_CONCURRENCY: {concurrency!r} is not a whole number from 1 to 1000")
-            values["forward_concurrency"] = int(concurrency)
-        if (level := get("PAYFLOW_LOG_LEVEL")) is not None:
-            if level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
-                raise errors.SettingsError(f"PAYFLOW_LOG_LEVEL: {level!r} is not one of DEBUG, INFO, WARNING, ERROR")
-            values["log_level"] = level.upper()
-        if (fmt := get("PAYFLOW_LOG_FORMAT")) is not None:
-            if fmt not in ("json", "console"):
-                raise errors.SettingsError(f"PAYFLOW_LOG_FORMAT: {fmt!r} is not one of json, console")
-            values["log_format"] = fmt
-
-        url = str(values.get("database_url", cls.database_url))
-        if not url.startswith(("sqlite:///", "postgresql://", "postgres://")):
-            raise errors.SettingsError(
-                f"PAYFLOW_DATABASE_URL: {url!r} is not sqlite:///path or postgresql://...")
-        key = values.get("wechat_apiv3_key")
-        if key is not None and (len(str(key)) != 32 or not str(key).isascii()):
-            raise errors.SettingsError("PAYFLOW_WECHAT_APIV3_KEY: must be exactly 32 ASCII characters")
-        pubkey_id = values.get("wechat_pubkey_id")
-        if pubkey_id is not None and not str(pubkey_id).startswith("PUB_KEY_ID_"):
-            raise errors.SettingsError("PAYFLOW_WECHAT_PUBKEY_ID: must start with PUB_KEY_ID_")
-        return cls(**values)  # type: ignore[arg-type]
+        """Every variable of `VARIABLES` that is set (blank counts as unset); the others keep their defaults."""
+        # Any: each parser returns its own field's type, which the table cannot say to mypy; the tests
+        # check every parser against its field's default.
+        values: dict[str, Any] = {}
+        for variable in VARIABLES:
+            text = environ.get(variable.name)
+            if text is not None and text.strip():
+                values[variable.field] = variable.parse(text, variable.name)
+        return cls(**values)
 
     def missing_for_serve(self) -> list[str]:
         """Every variable `serve` needs that is unset, in contract order."""
-        fields = {f"PAYFLOW_{f.name.upper()}": f.name for f in dataclasses.fields(self)}
-        return [name for name in REQUIRED_FOR_SERVE if getattr(self, fields[name]) is None]
+        return [v.name for v in VARIABLES if v.required and getattr(self, v.field) is None]
 
 
-def _parse_time_of_day(text: str) -> dt.time | None:
-    if text.strip().lower() == "off":
-        return None
-    try:
-        return dt.time.fromisoformat(text.strip())
-    except ValueError:
-        raise errors.SettingsError(f"PAYFLOW_RECONCILE_AT: {text!r} is not a time like 10:30 (or off)") from None
+# Parsers: the variable's text as it is set (never blank) and its name, for the message naming it.
+Parser = Callable[[str, str], object]
 
 
-def _parse_port(text: str) -> int:
+def _text(text: str, name: str) -> str:
+    return text.strip()
+
+
+def _database_url(text: str, name: str) -> str:
+    url = text.strip()
+    if not url.startswith(("sqlite:///", "postgresql://", "postgres://")):
+        raise errors.SettingsError(f"{name}: {logs.redact_url(url)!r} is not sqlite:///path or postgresql://...")
+    return url
+
+
+def _apiv3_key(text: str, name: str) -> str:
+    key = text.strip()
+    if len(key) != 32 or not key.isascii():
+        raise errors.SettingsError(f"{name}: must be exactly 32 ASCII characters")
+    return key
+
+
+def _pubkey_id(text: str, name: str) -> str:
+    key_id = text.strip()
+    if not key_id.startswith("PUB_KEY_ID_"):
+        raise errors.SettingsError(f"{name}: must start with PUB_KEY_ID_")
+    return key_id
+
+
+def _port(text: str, name: str) -> int:
     try:
         port = int(text)
     except ValueError:
         port = -1
     if not 0 <= port <= 65535:
-        raise errors.SettingsError(f"PAYFLOW_PORT: {text!r} is not a port number (0-65535)")
+        raise errors.SettingsError(f"{name}: {text!r} is not a port number (0-65535)")
     return port
+
+
+def _duration(text: str, name: str) -> float:
+    return parse_duration(text, name=name)
+
+
+def _positive_duration(text: str, name: str) -> float:
+    seconds = parse_duration(text, name=name)
+    if seconds <= 0:
+        raise errors.SettingsError(f"{name}: must be longer than 0")
+    return seconds
+
+
+def _payment_ttl(text: str, name: str) -> float:
+    seconds = parse_duration(text, name=name)
+    if seconds < 60:
+        raise errors.SettingsError(f"{name}: must be at least 1m (WeChat's minimum)")
+    return seconds
+
+
+def _schedule(text: str, name: str) -> tuple[float, ...]:
+    return parse_schedule(text, name=name)
+
+
+def _time_of_day(text: str, name: str) -> dt.time | None:
+    if text.strip().lower() == "off":
+        return None
+    try:
+        return dt.time.fromisoformat(text.strip())
+    except ValueError:
+        raise errors.SettingsError(f"{name}: {text!r} is not a time like 10:30 (or off)") from None
+
+
+def _rate(text: str, name: str) -> float:
+    try:
+        rate = float(text)
+    except ValueError:
+        rate = -1.0
+    if not 0 < rate <= 10000:  # also refuses nan
+        raise errors.SettingsError(f"{name}: {text!r} is not a rate in calls per second")
+    return rate
+
+
+def _forward_concurrency(text: str, name: str) -> int:
+    try:
+        count = int(text) if text.strip().isdigit() else 0
+    except ValueError:  # a digit int() cannot read, like "²"
+        count = 0
+    if not 1 <= count <= 1000:
+        raise errors.SettingsError(f"{name}: {text!r} is not a whole number from 1 to 1000")
+    return count
+
+
+def _log_level(text: str, name: str) -> str:
+    if text.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        raise errors.SettingsError(f"{name}: {text!r} is not one of DEBUG, INFO, WARNING, ERROR")
+    return text.upper()
+
+
+def _log_format(text: str, name: str) -> str:
+    if text not in ("json", "console"):
+        raise errors.SettingsError(f"{name}: {text!r} is not one of json, console")
+    return text
+
+
+@dataclasses.dataclass(frozen=True)
+class Variable:
+    """One environment variable: the `Settings` field it sets, how its text is read, how it is documented."""
+
+    name: str
+    field: str
+    parse: Parser
+    default: str | None  # spelled as in the environment; None: the field stays None unless set
+    meaning: str  # Markdown (README); `serve --help` shows it without the backquotes
+    required: bool = False  # `serve` (without --dev) will not start while it is unset
+    contract: bool = True  # named in DESIGN §6.4; False for payflow's additions, which come last
+    shown_default: str | None = None  # for a default the environment cannot spell
+
+
+# In contract order: `REQUIRED_FOR_SERVE`, error messages and both renderings follow it.
+VARIABLES: tuple[Variable, ...] = (
+    Variable("PAYFLOW_DATABASE_URL", "database_url", _database_url, "sqlite:///payflow.db",
+             "the store: `sqlite:///relative.db`, `sqlite:////abs/path.db`, or `postgresql://user@host:5432/db` "
+             "for replicas (query parameters become server settings, e.g. `?search_path=payflow`)"),
+    Variable("PAYFLOW_HOST", "host", _text, "127.0.0.1", "the address payflow listens on (`--host` overrides)"),
+    Variable("PAYFLOW_PORT", "port", _port, "8080",
+             "the port payflow listens on (`--port` overrides; `0` picks a free one)"),
+    Variable("PAYFLOW_WECHAT_BASE_URL", "wechat_base_url", _text, "https://api.mch.weixin.qq.com",
+             "WeChat Pay API (or a simulator)"),
+    Variable("PAYFLOW_WECHAT_MCHID", "wechat_mchid", _text, None, "merchant id", required=True),
+    Variable("PAYFLOW_WECHAT_APPID", "wechat_appid", _text, None, "app id", required=True),
+    Variable("PAYFLOW_WECHAT_MCH_SERIAL", "wechat_mch_serial", _text, None, "merchant certificate serial",
+             required=True),
+    Variable("PAYFLOW_WECHAT_MCH_KEY_FILE", "wechat_mch_key_file", _text, None,
+             "merchant private key file (PKCS#8 PEM)", required=True),
+    Variable("PAYFLOW_WECHAT_APIV3_KEY", "wechat_apiv3_key", _apiv3_key, None,
+             "the 32-character APIv3 key (decrypts notifications)", required=True),
+    Variable("PAYFLOW_WECHAT_PUBKEY_ID", "wechat_pubkey_id", _pubkey_id, None,
+             "WeChat Pay public key id (`PUB_KEY_ID_...`)", required=True),
+    Variable("PAYFLOW_WECHAT_PUBKEY_FILE", "wechat_pubkey_file", _text, None,
+             "WeChat Pay public key file (SPKI PEM)", required=True),
+    Variable("PAYFLOW_NOTIFY_URL", "notify_url", _text, None, "the public URL of `POST /v1/wechat/notify`",
+             required=True),
+    Variable("PAYFLOW_BACKEND_URL", "backend_url", _text, None, "where paid events go", required=True),
+    Variable("PAYFLOW_BACKEND_SECRET", "backend_secret", _text, None, "the HMAC secret that signs paid events",
+             required=True),
+    Variable("PAYFLOW_API_TOKEN", "api_token", _text, None, "bearer token for the API", required=True),
+    Variable("PAYFLOW_ADMIN_TOKEN", "admin_token", _text, None, "bearer token for the operator endpoints",
+             required=True),
+    Variable("PAYFLOW_QUERY_SCHEDULE", "query_schedule", _schedule, DEFAULT_QUERY_SCHEDULE,
+             "gaps between queries of a `prepaid` payment (the last repeats; never past the expiry)"),
+    Variable("PAYFLOW_FORWARD_SCHEDULE", "forward_schedule", _schedule, DEFAULT_FORWARD_SCHEDULE,
+             "retries of the paid event after the immediate first try (WeChat's own 24h4m)"),
+    Variable("PAYFLOW_PAYMENT_TTL", "payment_ttl", _payment_ttl, "2h",
+             "payment lifetime, sent to WeChat as `time_expire` (at least `1m`)"),
+    Variable("PAYFLOW_SWEEP_INTERVAL", "sweep_interval", _duration, "5s", "sweeper cadence; `0` disables the sweeper"),
+    Variable("PAYFLOW_LOG_FORMAT", "log_format", _log_format, None, "`json` or `console`",
+             shown_default="JSON unless stderr is a TTY"),
+    Variable("PAYFLOW_LOG_LEVEL", "log_level", _log_level, "INFO",
+             "`DEBUG`, `INFO`, `WARNING` or `ERROR`: `DEBUG` adds a line per transition and per WeChat call; "
+             "`WARNING` keeps alerts and failures only", contract=False),
+    Variable("PAYFLOW_CREATED_GRACE", "created_grace", _positive_duration, "10s",
+             "first query of a payment whose placement outcome is unknown", contract=False),
+    Variable("PAYFLOW_PLACEMENT_GRACE", "placement_grace", _positive_duration, "60s",
+             "unknown at WeChat this long after creation → it was never placed → closed", contract=False),
+    Variable("PAYFLOW_LEASE", "lease", _positive_duration, "60s",
+             "how long a claimed payment stays with a worker that died", contract=False),
+    Variable("PAYFLOW_BACKEND_TIMEOUT", "backend_timeout", _positive_duration, "10s",
+             "per-request timeout of a paid event to the backend", contract=False),
+    Variable("PAYFLOW_WECHAT_TIMEOUT", "wechat_timeout", _positive_duration, "10s",
+             "per-request timeout of a WeChat Pay call", contract=False),
+    Variable("PAYFLOW_WECHAT_RATE", "wechat_rate", _rate, "50",
+             "WeChat calls per second, all endpoints together", contract=False),
+    Variable("PAYFLOW_QUERY_ON_READ", "read_query_interval", _duration, "2s",
+             "a status poll of a `prepaid` payment asks WeChat at most this often; `0` disables", contract=False),
+    Variable("PAYFLOW_RECONCILE_AT", "reconcile_at", _time_of_day, "10:30",
+             "daily reconciliation time (Asia/Shanghai) for the previous day; `off` disables", contract=False),
+    Variable("PAYFLOW_FORWARD_CONCURRENCY", "forward_concurrency", _forward_concurrency, "16",
+             "first forwards one process keeps in flight to the backend (1 while WeChat notifications are in "
+             "flight)", contract=False),
+)
+
+# What `serve` cannot run without (WeChat and backend wiring, tokens).
+REQUIRED_FOR_SERVE = tuple(v.name for v in VARIABLES if v.required)
+
+
+def markdown_table() -> str:
+    """README's configuration table, the text between its `settings-table` markers."""
+    lines = ["| variable | default | meaning |", "|---|---|---|"]
+    for v in VARIABLES:
+        default = v.shown_default or (f"`{v.default}`" if v.default is not None else "—")
+        meaning = v.meaning.replace("|", "\\|")
+        lines.append(f"| `{v.name}` | {default} | {meaning} |")
+    additions = [v.name for v in VARIABLES if not v.contract]
+    if additions:
+        lines += ["", f"The variables from `{additions[0]}` down are additions to the design's configuration contract."]
+    return "\n".join(lines)
+
+
+def help_text(width: int = 79) -> str:
+    """The list of variables for `serve --help`: each with its meaning and its default, or `(required)`."""
+    indent = " " * (max(len(v.name) for v in VARIABLES) + 4)
+    lines = ["environment (durations like 200ms, 15s, 2h; schedules are comma lists of them;",
+             "without --dev, serve needs every variable marked required):"]
+    for v in VARIABLES:
+        default = v.shown_default or v.default
+        note = " (required)" if v.required else f" (default: {default})" if default is not None else ""
+        lines.append(textwrap.fill((v.meaning + note).replace("`", ""), width,
+                                   initial_indent=f"  {v.name}".ljust(len(indent)), subsequent_indent=indent,
+                                   break_long_words=False, break_on_hyphens=False))
+    return "\n".join(lines)

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from payflow.backend import Backend
 from payflow.metrics import Metrics
 from payflow.service import PaymentService
 from payflow.settings import Settings
 from payflow.store import PaymentStore
+from payflow.wechat.api import WechatApi
 
 SETTINGS = web.AppKey("SETTINGS", Settings)
 STORE = web.AppKey("STORE", PaymentStore)
 SERVICE = web.AppKey("SERVICE", PaymentService)
 METRICS = web.AppKey("METRICS", Metrics)
-WECHAT = web.AppKey("WECHAT", object)  # a WechatApi, or None when WeChat is not configured
-BACKEND = web.AppKey("BACKEND", object)  # a BackendClient, or None when the backend is not configured
+# The clients the service was given; null objects (raising NotConfigured) when not configured.
+WECHAT = web.AppKey("WECHAT", WechatApi)
+BACKEND = web.AppKey("BACKEND", Backend)

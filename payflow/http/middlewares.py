@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import re
 from collections.abc import Awaitable, Callable
@@ -21,6 +22,10 @@ AuthLevel = Literal["api", "admin"]
 _REQUEST_ID = re.compile(r"^[0-9A-Za-z._-]{1,64}$")
 NOTIFY_PATH = "/v1/wechat/notify"
 
+# Seconds a client has to send a request body once its head arrived; `serve` sets it from its limits.
+BODY_TIMEOUT = web.AppKey("body_timeout", float)
+DEFAULT_BODY_TIMEOUT = 15.0
+
 _STATUS: list[tuple[type[errors.PayflowError], int]] = [
     (errors.Unauthorized, 401),
     (errors.NotFound, 404),
@@ -31,6 +36,7 @@ _STATUS: list[tuple[type[errors.PayflowError], int]] = [
     (errors.WechatRetryable, 503),
     (errors.WechatFinal, 502),
     (errors.StoreUnavailable, 503),
+    (errors.NotConfigured, 503),
 ]
 
 
@@ -47,7 +53,7 @@ def requires(level: AuthLevel) -> Callable[[Handler], Handler]:
 def _status_of(request: web.Request, exc: errors.PayflowError) -> int:
     if isinstance(exc, NotificationRejected):
         return exc.status
-    if request.path == NOTIFY_PATH and isinstance(exc, errors.StoreUnavailable):
+    if request.path == NOTIFY_PATH and isinstance(exc, errors.StoreUnavailable | errors.NotConfigured):
         return 500  # WeChat retries on any 5xx; 500 is what its documentation names
     if isinstance(exc, errors.InvalidRequest):
         return {"invalid_json": 400, "unsupported_media_type": 415}.get(exc.code, 422)
@@ -76,6 +82,8 @@ async def api_middleware(request: web.Request, handler: Handler) -> web.StreamRe
         try:
             _check_body_limit(request)
             _authenticate(request)
+            if request.body_exists and request.match_info.http_exception is None:  # a 404/405 stays one
+                await _read_body(request)
             response = await handler(request)
         except errors.PayflowError as exc:
             response = _payflow_error(request, exc)
@@ -103,7 +111,9 @@ def _payflow_error(request: web.Request, exc: errors.PayflowError) -> web.Respon
         extra["state"] = str(state)  # what the payment is now, so the operator can decide
     if status >= 500:
         log.warning("request.failed", status=status, error=exc.code, message=str(exc))
-    return _error(request, status, exc.code, str(exc), **extra)
+    # A driver's message names hosts, ports and paths: the log has it; /readyz and WeChat get a fixed one.
+    message = "store unavailable" if isinstance(exc, errors.StoreUnavailable) else str(exc)
+    return _error(request, status, exc.code, message, **extra)
 
 
 def _http_error(request: web.Request, exc: web.HTTPException) -> web.Response:
@@ -113,6 +123,8 @@ def _http_error(request: web.Request, exc: web.HTTPException) -> web.Response:
     response = _error(request, exc.status, code, message)
     if "Allow" in exc.headers:  # a 405 must say what is allowed (RFC 9110)
         response.headers["Allow"] = exc.headers["Allow"]
+    if exc.status == 408:
+        response.force_close()  # a client too slow to send its body does not get the connection for another
     return response
 
 
@@ -125,14 +137,33 @@ def _authenticate(request: web.Request) -> None:
     presented = _bearer(request)
     allowed = [settings.admin_token] if level == "admin" else [settings.api_token, settings.admin_token]
     # Compare against every configured token (constant time each) so timing says nothing about which.
-    matches = [hmac.compare_digest(presented.encode(), token.encode()) for token in allowed if token]
-    if presented == "" or not any(matches):
+    matches = [hmac.compare_digest(presented, _octets(token)) for token in allowed if token]
+    if presented == b"" or not any(matches):
         raise errors.Unauthorized(f"a valid {level} bearer token is required")
 
 
-def _bearer(request: web.Request) -> str:
+def _bearer(request: web.Request) -> bytes:
     scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-    return token.strip() if scheme.lower() == "bearer" else ""
+    return _octets(token.strip()) if scheme.lower() == "bearer" else b""
+
+
+def _octets(text: str) -> bytes:
+    """aiohttp decodes header bytes that are not UTF-8 to lone surrogates (and the environment does the same
+    to tokens): "surrogatepass" encodes every str, one to one, so such a header compares unequal, not a 500."""
+    return text.encode("utf-8", "surrogatepass")
+
+
+async def _read_body(request: web.Request) -> None:
+    """Read the body under a deadline, before the handler (which gets aiohttp's cached copy): a client that
+    trickles it in would otherwise hold a connection and a task for as long as it likes."""
+    if request.content.is_eof():
+        return  # the usual case, a notification whole in the head's packets: no timer to arm and cancel
+    timeout = request.app.get(BODY_TIMEOUT, DEFAULT_BODY_TIMEOUT)
+    try:
+        async with asyncio.timeout(timeout):
+            await request.read()  # raises 413 past the app's client_max_size
+    except TimeoutError:
+        raise web.HTTPRequestTimeout(text=f"the request body did not arrive within {timeout:g}s") from None
 
 
 def _check_body_limit(request: web.Request) -> None:

@@ -19,10 +19,12 @@ STATES = ["created", "prepaid", "notified", "synced", "reconciled", "closed", "n
 SOURCES = ["api", "notify", "query", "bill", "admin", "sweeper", "backend"]
 ACTIONS = ["recheck", "resend", "requeue", "dismiss"]
 OUT_TRADE_NO_PATTERN = "^[0-9A-Za-z_-]{6,32}$"
-# payloads._text: no control character (< U+0020) and not only whitespace (what str.strip() removes).
-# Spelled as escapes, so that every regex dialect (ECMA, Python, Rust) reads it the same way.
-_SPACE = "\\u0020\\u0085\\u00a0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000"
-TEXT_PATTERN = f"^[^\\u0000-\\u001f]*[^\\u0000-\\u001f{_SPACE}][^\\u0000-\\u001f]*$"
+# payloads._text: no C0 or C1 control, DEL or bidi override/isolate, and not only whitespace (what
+# str.strip() removes). Spelled as escapes, so that every regex dialect (ECMA, Python, Rust) reads it the
+# same way. The byte limits (WeChat counts UTF-8 bytes) are in the descriptions: no JSON Schema keyword says it.
+_SPACE = "\\u0020\\u00a0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000"
+_UNSAFE = "\\u0000-\\u001f\\u007f-\\u009f\\u202a-\\u202e\\u2066-\\u2069"
+TEXT_PATTERN = f"^[^{_UNSAFE}]*[^{_UNSAFE}{_SPACE}][^{_UNSAFE}]*$"
 
 _REF = "#/components/schemas/"
 
@@ -93,9 +95,11 @@ SCHEMAS: dict[str, Schema] = {
     "NewPayment": _object({
         "order_id": _text(64, "the business order; idempotency key of this request"),
         "amount": _AMOUNT,
-        "description": _text(127, "shown to the payer"),
+        "description": _text(127, "shown to the payer; at most 127 bytes of UTF-8 (a Chinese character is 3), "
+                                  "no character above U+FFFF"),
         "openid": _text(128, "the payer's openid under the merchant's appid"),
-        "attach": _nullable(_text(128, "returned as is in the paid event; null is the same as absent")),
+        "attach": _nullable(_text(128, "returned as is in the paid event; at most 128 bytes of UTF-8, no "
+                                       "character above U+FFFF; null is the same as absent")),
         "out_trade_no": _nullable({**_OUT_TRADE_NO, "description": "chosen by payflow when absent or null"}),
         "expires_in": _nullable({"type": "integer", "minimum": 60, "maximum": 604800,
                                  "description": "seconds; PAYFLOW_PAYMENT_TTL when absent or null"}),
@@ -195,7 +199,7 @@ SCHEMAS: dict[str, Schema] = {
     "UnsupportedMediaType": _error(["unsupported_media_type"]),
     "InvalidRequest": _error(["invalid_request"]),
     "WechatRejected": _error(["wechat_rejected"]),
-    "Unavailable": _error(["wechat_unavailable", "store_unavailable"]),
+    "Unavailable": _error(["wechat_unavailable", "store_unavailable", "not_configured"]),
 }
 
 _HEADERS = {"X-Request-Id": {"$ref": "#/components/headers/RequestId"}}
@@ -224,8 +228,8 @@ def _responses(ok: dict[str, Schema], *errors: str) -> dict[str, Schema]:
     return {**ok, **{status: {"$ref": "#/components/responses/" + named[status]} for status in errors}}
 
 
-_API = [{"apiToken": []}, {"adminToken": []}]
-_ADMIN = [{"adminToken": []}]
+_API: list[dict[str, list[str]]] = [{"apiToken": []}, {"adminToken": []}]
+_ADMIN: list[dict[str, list[str]]] = [{"adminToken": []}]
 _PATH_OUT_TRADE_NO = {"$ref": "#/components/parameters/OutTradeNo"}
 _REQUEST_ID = {"$ref": "#/components/parameters/RequestId"}
 

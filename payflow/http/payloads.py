@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import datetime as dt
 import json
 import re
@@ -12,7 +11,7 @@ from typing import Any
 from aiohttp import web
 
 from payflow import errors
-from payflow.service import NewPayment
+from payflow.service import STUCK, NewPayment
 from payflow.states import State
 
 OUT_TRADE_NO = re.compile(r"^[0-9A-Za-z_-]{6,32}$")
@@ -56,16 +55,18 @@ def date_param(value: str | None) -> dt.date:
         raise errors.InvalidRequest(f"date {value!r} is not YYYY-MM-DD", field="date") from None
 
 
-MAX_NOTE = 500
+MAX_NOTE = 500  # characters: an operator's note never goes to WeChat
 MAX_LIMIT = 500
-STUCK = "stuck"
 
 
 def note(body: dict[str, Any]) -> str:
     unknown = sorted(set(body) - {"note"})
     if unknown:
         raise errors.InvalidRequest(f"unknown field(s): {', '.join(unknown)}", field=unknown[0])
-    return _text(body, "note", max_len=MAX_NOTE)  # type: ignore[return-value]
+    value = _required_text(body, "note", max_bytes=4 * MAX_NOTE)
+    if len(value) > MAX_NOTE:
+        raise errors.InvalidRequest(f"note must be at most {MAX_NOTE} characters", field="note")
+    return value
 
 
 def listing(query: Mapping[str, str]) -> tuple[str | None, int, str | None]:
@@ -81,51 +82,45 @@ def listing(query: Mapping[str, str]) -> tuple[str | None, int, str | None]:
     return state, limit, query.get("cursor") or None
 
 
-def encode_cursor(*parts: str) -> str:
-    return base64.urlsafe_b64encode(json.dumps(parts).encode()).decode().rstrip("=")
-
-
-def decode_cursor(cursor: str, size: int) -> list[str]:
-    try:
-        parts = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
-        if isinstance(parts, list) and len(parts) == size and all(isinstance(p, str) for p in parts):
-            return parts
-    except (ValueError, RecursionError):
-        pass
-    raise errors.InvalidRequest("cursor is not one this API handed out", field="cursor")
-
-
-def iso_datetime(value: str) -> dt.datetime:
-    try:
-        moment = dt.datetime.fromisoformat(value)
-        moment.astimezone(dt.UTC)  # year 1 at +01:00 has no UTC instant
-    except (ValueError, OverflowError):
-        moment = None
-    if moment is None or moment.tzinfo is None:
-        raise errors.InvalidRequest("cursor is not one this API handed out", field="cursor")
-    return moment
-
-
 def out_trade_no(value: str) -> str:
     if not OUT_TRADE_NO.match(value):
         raise errors.InvalidRequest("out_trade_no must be 6-32 characters of [0-9A-Za-z_-]", field="out_trade_no")
     return value
 
 
-def _text(body: dict[str, Any], name: str, *, max_len: int, required: bool = True) -> str | None:
+# C0 and C1 controls, DEL, and the bidirectional overrides and isolates that make text display other than
+# it reads (an attach or description is shown to operators and payers).
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+# WeChat accepts UTF-8 characters of one to three bytes only (no emoji and nothing else above U+FFFF).
+_ABOVE_BMP = re.compile("[\U00010000-\U0010ffff]")
+
+
+def _text(body: dict[str, Any], name: str, *, max_bytes: int, wechat: bool = False) -> str | None:
+    """An optional text field: at most `max_bytes` of UTF-8 (WeChat counts bytes), no control or bidi
+    characters; `wechat`: a field sent to WeChat, so only characters WeChat accepts."""
     value = body.get(name)
     if value is None:
-        if required:
-            raise errors.InvalidRequest(f"{name} is required", field=name)
         return None
     if not isinstance(value, str):
         raise errors.InvalidRequest(f"{name} must be a string", field=name)
     if not value.strip():
         raise errors.InvalidRequest(f"{name} must not be empty", field=name)
-    if len(value) > max_len:
-        raise errors.InvalidRequest(f"{name} must be at most {max_len} characters", field=name)
-    if any(ord(ch) < 0x20 for ch in value):
-        raise errors.InvalidRequest(f"{name} must not contain control characters", field=name)
+    if len(value.encode()) > max_bytes:
+        raise errors.InvalidRequest(f"{name} must be at most {max_bytes} bytes of UTF-8 (a Chinese character "
+                                    f"is 3)", field=name)
+    if _UNSAFE.search(value):
+        raise errors.InvalidRequest(f"{name} must not contain control or bidirectional-override characters",
+                                    field=name)
+    if wechat and _ABOVE_BMP.search(value):
+        raise errors.InvalidRequest(f"{name} must not contain emoji or other characters WeChat Pay refuses "
+                                    f"(above U+FFFF)", field=name)
+    return value
+
+
+def _required_text(body: dict[str, Any], name: str, *, max_bytes: int, wechat: bool = False) -> str:
+    value = _text(body, name, max_bytes=max_bytes, wechat=wechat)
+    if value is None:
+        raise errors.InvalidRequest(f"{name} is required", field=name)
     return value
 
 
@@ -147,16 +142,20 @@ def new_payment(body: dict[str, Any]) -> NewPayment:
     unknown = sorted(set(body) - _NEW_PAYMENT_FIELDS)
     if unknown:
         raise errors.InvalidRequest(f"unknown field(s): {', '.join(unknown)}", field=unknown[0])
-    trade_no = _text(body, "out_trade_no", max_len=32, required=False)
+    trade_no = _text(body, "out_trade_no", max_bytes=32)
     if trade_no is not None:
         out_trade_no(trade_no)
+    # WeChat's amount.total is a signed 32-bit integer of fen.
+    amount = _integer(body, "amount", low=1, high=2**31 - 1)
+    if amount is None:
+        raise errors.InvalidRequest("amount is required", field="amount")
     return NewPayment(
-        order_id=_text(body, "order_id", max_len=64),  # type: ignore[arg-type]
-        # WeChat's amount.total is a signed 32-bit integer of fen.
-        amount=_integer(body, "amount", low=1, high=2**31 - 1),  # type: ignore[arg-type]
-        description=_text(body, "description", max_len=127),  # type: ignore[arg-type]
-        openid=_text(body, "openid", max_len=128),  # type: ignore[arg-type]
-        attach=_text(body, "attach", max_len=128, required=False),
+        order_id=_required_text(body, "order_id", max_bytes=64),
+        amount=amount,
+        # WeChat's limits (DOC-JSAPI): description string(127), attach string(128), payer.openid string(128).
+        description=_required_text(body, "description", max_bytes=127, wechat=True),
+        openid=_required_text(body, "openid", max_bytes=128, wechat=True),
+        attach=_text(body, "attach", max_bytes=128, wechat=True),
         out_trade_no=trade_no,
         expires_in=_integer(body, "expires_in", low=60, high=MAX_EXPIRES_IN, required=False),
     )

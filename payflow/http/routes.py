@@ -10,8 +10,6 @@ from payflow import models
 from payflow.http import keys, openapi, payloads
 from payflow.http.middlewares import requires
 from payflow.metrics import CONTENT_TYPE
-from payflow.service.operating import stuck_thresholds
-from payflow.states import State
 
 
 @requires("api")
@@ -54,22 +52,8 @@ async def discrepancies(request: web.Request) -> web.Response:
 @requires("admin")
 async def list_payments(request: web.Request) -> web.Response:
     state, limit, cursor = payloads.listing(request.query)
-    store, service = request.app[keys.STORE], request.app[keys.SERVICE]
-    if state == payloads.STUCK:
-        after = None
-        if cursor:
-            at, no = payloads.decode_cursor(cursor, 2)
-            after = (payloads.iso_datetime(at), no)
-        created_before, expired_before = stuck_thresholds(service)
-        found = await store.list_stuck(created_before=created_before, expired_before=expired_before, after=after,
-                                       limit=limit)
-        next_cursor = (payloads.encode_cursor(found[-1].created_at.isoformat(), found[-1].out_trade_no)
-                       if len(found) == limit else None)
-    else:
-        after_no = payloads.decode_cursor(cursor, 1)[0] if cursor else None
-        found = await store.list_payments(state=State(state) if state else None, after=after_no, limit=limit)
-        next_cursor = payloads.encode_cursor(found[-1].out_trade_no) if len(found) == limit else None
-    return web.json_response({"payments": [_admin_view(p) for p in found], "next_cursor": next_cursor})
+    page = await request.app[keys.SERVICE].list_payments(state=state, limit=limit, cursor=cursor)
+    return web.json_response({"payments": [_admin_view(p) for p in page.payments], "next_cursor": page.next_cursor})
 
 
 @requires("admin")

@@ -11,43 +11,67 @@ its lease, a sweeper forwards it instead.
 
 from __future__ import annotations
 
+import collections
 import contextvars
 
-from payflow import logs, models
-from payflow.service.core import ServiceCore
+from payflow import errors, logs, models
+from payflow.backend import Backend
+from payflow.service.core import Core
 from payflow.states import Source, State, Trigger
 
 log = logs.get_logger("payflow.service")
 
 
-class Forwarding(ServiceCore):
+class Forwarding:
+    def __init__(self, core: Core, backend: Backend) -> None:
+        self.core = core
+        self.backend = backend
+        # WeChat notifications being handled right now (forwarders yield to them)
+        self._intake = 0
+        # first forwards waiting for a forwarder, and how many forwarders run
+        self._pending: collections.deque[models.Payment] = collections.deque()
+        self._forwarders = 0
+
+    @property
+    def backlog(self) -> int:
+        """First forwards queued and not yet started."""
+        return len(self._pending)
+
     def forward_soon(self, payment: models.Payment) -> None:
         """Queue the first forward of a payment whose lease this process holds; returns at once."""
-        if len(self._pending_forwards) >= self.settings.forward_backlog:
+        if len(self._pending) >= self.core.settings.forward_backlog:
             # The lease runs out and a sweeper forwards it.
             log.warning("forward.left_to_sweeper", out_trade_no=payment.out_trade_no, reason="backlog_full",
-                        backlog=len(self._pending_forwards))
+                        backlog=len(self._pending))
             return
-        self._pending_forwards.append(payment)
+        self._pending.append(payment)
         self._start_forwarders()
 
     def handling_notification(self) -> _InFlight:
-        """`with service.handling_notification():` marks a WeChat notification as in flight; first forwards
-        drop to one at a time meanwhile."""
+        """`with forwarding.handling_notification():` marks a WeChat notification as in flight; first
+        forwards drop to one at a time meanwhile."""
         return _InFlight(self)
 
+    def _enter_notification(self) -> None:
+        self._intake += 1
+
+    def _leave_notification(self) -> None:
+        self._intake -= 1
+        if not self._intake and self._pending:
+            self._start_forwarders()
+
     def _start_forwarders(self) -> None:
-        wanted = 1 if self._intake else self.settings.forward_concurrency
-        while self._forwarders < min(wanted, len(self._pending_forwards)):
+        wanted = 1 if self._intake else self.core.settings.forward_concurrency
+        while self._forwarders < min(wanted, len(self._pending)):
             self._forwarders += 1
             # A forwarder outlives the request that started it: none of that request's log context.
-            self.spawn(self._forwarder(), name="forwarder", context=contextvars.Context())
+            self.core.spawn(self._forwarder(), name="forwarder", context=contextvars.Context())
 
     async def _forwarder(self) -> None:
         try:
-            while self._pending_forwards:
-                payment = self._pending_forwards.popleft()
-                if payment.next_attempt_at is not None and payment.next_attempt_at <= self.now():
+            while self._pending:
+                payment = self._pending.popleft()
+                if payment.next_attempt_at is not None and payment.next_attempt_at <= self.core.now():
                     # Waited past its lease: a sweeper may be on it already, and will be if not.
                     log.info("forward.left_to_sweeper", out_trade_no=payment.out_trade_no, reason="lease_expired")
                     continue
@@ -65,45 +89,45 @@ class Forwarding(ServiceCore):
         """
         if payment.state is not State.NOTIFIED:
             return payment
+        core = self.core
         with logs.bound(out_trade_no=payment.out_trade_no):
-            if self.backend is None:
-                log.warning("forward.unconfigured")
-                return await self._forward_failed(payment, {"error": "PAYFLOW_BACKEND_URL is not configured"})
-            delivery = await self.backend.deliver(payment)
+            try:
+                delivery = await self.backend.deliver(payment)
+            except errors.NotConfigured as exc:
+                log.warning("forward.unconfigured", error=str(exc))
+                return await self._failed(payment, {"error": str(exc)})
             detail = {"event_id": payment.event_id, "attempt": payment.attempts + 1, **delivery.detail()}
-            self.metrics.forwards.labels(outcome=delivery.outcome).inc()
+            core.metrics.forwards.labels(outcome=delivery.outcome).inc()
             if delivery.outcome == "acked":
                 log.debug("forward.acknowledged", status=delivery.status)
-                return await self._apply(payment, Trigger.SYNC, source=Source.BACKEND, detail=detail)
+                return await core.apply(payment, Trigger.SYNC, source=Source.BACKEND, detail=detail)
             if delivery.outcome == "rejected":
                 log.error("alert.backend_rejected", status=delivery.status, body=delivery.body)
-                return await self._apply(payment, Trigger.FLAG, source=Source.BACKEND,
-                                         payload={"reason": "backend_rejected"}, detail=detail)
+                return await core.apply(payment, Trigger.FLAG, source=Source.BACKEND,
+                                        payload={"reason": "backend_rejected"}, detail=detail)
             log.info("forward.failed", status=delivery.status, error=delivery.error, attempt=detail["attempt"])
-            return await self._forward_failed(payment, detail)
+            return await self._failed(payment, detail)
 
-    async def _forward_failed(self, payment: models.Payment, detail: dict[str, object]) -> models.Payment:
-        schedule = self.settings.forward_schedule
+    async def _failed(self, payment: models.Payment, detail: dict[str, object]) -> models.Payment:
+        core = self.core
+        schedule = core.settings.forward_schedule
         failures = payment.attempts + 1
         if failures > len(schedule):
             log.error("alert.forward_exhausted", out_trade_no=payment.out_trade_no, attempts=failures)
-            self.metrics.forwards.labels(outcome="exhausted").inc()
-            return await self._apply(payment, Trigger.FLAG, source=Source.SWEEPER,
-                                     payload={"reason": "forward_exhausted"}, detail=detail)
-        return await self._reschedule(payment, self.after(schedule[failures - 1]), failures)
+            core.metrics.forwards.labels(outcome="exhausted").inc()
+            return await core.apply(payment, Trigger.FLAG, source=Source.SWEEPER,
+                                    payload={"reason": "forward_exhausted"}, detail=detail)
+        return await core.reschedule(payment, core.after(schedule[failures - 1]), failures)
 
 
 class _InFlight:
-    __slots__ = ("_service",)
+    __slots__ = ("_forwarding",)
 
-    def __init__(self, service: Forwarding) -> None:
-        self._service = service
+    def __init__(self, forwarding: Forwarding) -> None:
+        self._forwarding = forwarding
 
     def __enter__(self) -> None:
-        self._service._intake += 1
+        self._forwarding._enter_notification()
 
     def __exit__(self, *exc: object) -> None:
-        service = self._service
-        service._intake -= 1
-        if not service._intake and service._pending_forwards:
-            service._start_forwarders()
+        self._forwarding._leave_notification()

@@ -6,18 +6,22 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 
-from payflow import errors, logs, models
-from payflow.service.core import ServiceCore
+from payflow import errors, logs, models, states, tokens
+from payflow.service.core import Core
+from payflow.service.forwarding import Forwarding
+from payflow.service.paid import FINAL_TRADE_STATES, Paid
 from payflow.states import Source, State, Trigger
+from payflow.wechat.api import WechatApi
 
 log = logs.get_logger("payflow.service")
 
 ACTIONS = ("recheck", "resend", "requeue", "dismiss")
+# recheck and resend are not transitions (they ask WeChat, or the backend, again); requeue and dismiss are.
 _APPLIES = {
-    "recheck": (State.CREATED, State.PREPAID),
-    "resend": (State.NOTIFIED,),
-    "requeue": (State.NEEDS_REVIEW,),
-    "dismiss": (State.NEEDS_REVIEW,),
+    "recheck": frozenset({State.CREATED, State.PREPAID}),
+    "resend": frozenset({State.NOTIFIED}),
+    "requeue": states.TABLE.sources(Trigger.REQUEUE),
+    "dismiss": states.TABLE.sources(Trigger.DISMISS),
 }
 
 
@@ -36,9 +40,16 @@ class ActionResult:
     outcome: str
 
 
-class Operating(ServiceCore):
+class Operating:
+    def __init__(self, core: Core, wechat: WechatApi, paid: Paid, forwarding: Forwarding) -> None:
+        self.core = core
+        self.wechat = wechat
+        self.paid = paid
+        self.forwarding = forwarding
+
     async def operate(self, out_trade_no: str, action: str, note: str) -> ActionResult:
-        payment = await self.get_payment(out_trade_no)
+        core = self.core
+        payment = await core.load(out_trade_no)
         if action not in ACTIONS:
             raise errors.NotFound(f"no operator action {action!r}")
         if payment.state not in _APPLIES[action]:
@@ -50,39 +61,35 @@ class Operating(ServiceCore):
             log.info("admin.action_requested", note=note)
             if action in ("requeue", "dismiss"):
                 trigger = Trigger.REQUEUE if action == "requeue" else Trigger.DISMISS
-                changes = {"next_attempt_at": self.now()} if action == "requeue" else None
-                try:
-                    moved = await self._transition(payment, trigger, source=Source.ADMIN, payload={"note": note},
-                                                   changes=changes)
-                except errors.StaleState:
-                    raise ActionNotApplicable(action, (await self.get_payment(out_trade_no)).state) from None
+                changes, lease = None, None
                 if action == "requeue":
-                    moved = await self.forward(moved)  # type: ignore[attr-defined]
+                    # The forward below holds a lease, as a notification's first forward does: no sweeper
+                    # delivers the same event meanwhile; if this process dies, the lease runs out and one does.
+                    lease = tokens.lease_token()
+                    changes = {"next_attempt_at": core.now() + dt.timedelta(seconds=core.settings.lease)}
+                try:
+                    moved = await core.transition(payment, trigger, source=Source.ADMIN, payload={"note": note},
+                                                  changes=changes, lease_token=lease)
+                except errors.StaleState:
+                    raise ActionNotApplicable(action, (await core.load(out_trade_no)).state) from None
+                if action == "requeue":
+                    moved = await self.forwarding.forward(moved)
                 return ActionResult(moved, action, moved.state.value)
             # recheck and resend change no state by themselves: the audit event records who asked and why.
-            await self.store.record_event(payment, action, source=Source.ADMIN, at=self.now(), detail={"note": note})
+            await core.store.record_event(payment, action, source=Source.ADMIN, at=core.now(), detail={"note": note})
             if action == "resend":
-                moved = await self.forward(payment)  # type: ignore[attr-defined]
+                moved = await self.forwarding.forward(payment)
                 return ActionResult(moved, action, "acknowledged" if moved.state is State.SYNCED else moved.state.value)
             return await self._recheck(payment)
 
     async def _recheck(self, payment: models.Payment) -> ActionResult:
-        if self.wechat is None:
-            raise errors.WechatRetryable("no WeChat Pay client is configured")
         txn = await self.wechat.query(payment.out_trade_no)  # WechatRetryable → 503: nothing changed
         if txn is None:
             return ActionResult(payment, "recheck", "unknown_at_wechat")
         if txn.trade_state == "SUCCESS":
-            outcome = await self.confirm_paid(txn, Source.ADMIN)  # type: ignore[attr-defined]
-        elif txn.trade_state in ("CLOSED", "REFUND"):
-            outcome = await self._apply_final_state(payment, txn)  # type: ignore[attr-defined]
+            outcome = await self.paid.confirm_paid(txn, Source.ADMIN)
+        elif txn.trade_state in FINAL_TRADE_STATES:
+            outcome = await self.paid.settle(payment, txn)
         else:
             outcome = txn.trade_state.lower()
-        return ActionResult(await self.get_payment(payment.out_trade_no), "recheck", outcome)
-
-
-def stuck_thresholds(core: ServiceCore) -> tuple[dt.datetime, dt.datetime]:
-    """(created_before, expired_before) for the `stuck` listing: a `created` payment is stuck once its
-    placement grace is over, a `prepaid` one once it expired without being closed."""
-    now = core.now()
-    return now - dt.timedelta(seconds=core.settings.placement_grace), now
+        return ActionResult(await self.core.load(payment.out_trade_no), "recheck", outcome)

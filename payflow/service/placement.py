@@ -9,9 +9,10 @@ import uuid
 from typing import Any
 
 from payflow import errors, logs, models
-from payflow.service.core import SHANGHAI, ServiceCore
+from payflow.clock import SHANGHAI
+from payflow.service.core import Core
 from payflow.states import Source, State, Trigger
-from payflow.wechat.api import JsapiOrder
+from payflow.wechat.api import JsapiOrder, WechatApi
 
 log = logs.get_logger("payflow.service")
 
@@ -50,17 +51,22 @@ class Created:
         return {**self.payment.view(), "prepay_id": self.payment.prepay_id, "pay_params": self.pay_params}
 
 
-class Placement(ServiceCore):
+class Placement:
+    def __init__(self, core: Core, wechat: WechatApi) -> None:
+        self.core = core
+        self.wechat = wechat
+
     async def create_payment(self, request: NewPayment) -> Created:
         """Store the payment as `created` before calling WeChat, then place the JSAPI order.
 
         Idempotent by order_id: the same request returns the same payment (and retries a placement
         whose outcome was unknown); a different one raises `Conflict`.
         """
-        existing = await self.store.get_by_order_id(request.order_id)
+        core = self.core
+        existing = await core.store.get_by_order_id(request.order_id)
         if existing is None:
-            now = self.now()
-            ttl = request.expires_in if request.expires_in is not None else self.settings.payment_ttl
+            now = core.now()
+            ttl = request.expires_in if request.expires_in is not None else core.settings.payment_ttl
             payment = models.Payment(
                 out_trade_no=request.out_trade_no or _new_out_trade_no(now),
                 order_id=request.order_id,
@@ -75,14 +81,14 @@ class Placement(ServiceCore):
                 updated_at=now,
                 expires_at=(now + dt.timedelta(seconds=ttl)).replace(microsecond=0),
                 # If we crash before WeChat answers, the sweeper finds out what happened after this grace.
-                next_attempt_at=now + dt.timedelta(seconds=self.settings.created_grace),
+                next_attempt_at=now + dt.timedelta(seconds=core.settings.created_grace),
             )
             try:
-                created = await self.store.create(payment, source=Source.API,
+                created = await core.store.create(payment, source=Source.API,
                                                   detail={"expires_at": payment.expires_at.isoformat()})
             except errors.DuplicatePayment:
                 # A concurrent request with the same order_id won the insert; answer as its retry.
-                existing = await self.store.get_by_order_id(request.order_id)
+                existing = await core.store.get_by_order_id(request.order_id)
                 if existing is None:
                     raise errors.Conflict(
                         f"out_trade_no {payment.out_trade_no!r} is already used by another order") from None
@@ -103,8 +109,9 @@ class Placement(ServiceCore):
 
     def jsapi_order(self, payment: models.Payment) -> JsapiOrder:
         """The order exactly as first sent: WeChat's re-entry rule needs identical parameters."""
-        if self.settings.notify_url is None:
-            raise errors.WechatRetryable("PAYFLOW_NOTIFY_URL is not configured")
+        notify_url = self.core.settings.notify_url
+        if notify_url is None:
+            raise errors.NotConfigured("WeChat cannot notify payflow: set PAYFLOW_NOTIFY_URL")
         return JsapiOrder(
             out_trade_no=payment.out_trade_no,
             description=payment.description,
@@ -112,7 +119,7 @@ class Placement(ServiceCore):
             openid=payment.openid,
             attach=payment.attach,
             time_expire=payment.expires_at.astimezone(SHANGHAI),
-            notify_url=self.settings.notify_url,
+            notify_url=notify_url,
         )
 
     async def place(self, payment: models.Payment) -> models.Payment:
@@ -121,8 +128,7 @@ class Placement(ServiceCore):
         Raises `WechatRetryable` when the outcome is unknown (the payment stays `created`), and
         `WechatFinal` after closing the payment when WeChat refused it for good.
         """
-        if self.wechat is None:
-            raise errors.WechatRetryable("no WeChat Pay client is configured")
+        core = self.core
         try:
             prepay_id = await self.wechat.place_jsapi(self.jsapi_order(payment))
         except errors.WechatRetryable as exc:
@@ -130,17 +136,17 @@ class Placement(ServiceCore):
             log.warning("payment.placement_deferred", error=str(exc), wechat_code=exc.wechat_code)
             raise
         except errors.WechatFinal as exc:
-            await self._apply(payment, Trigger.CLOSE, source=Source.API,
+            await core.apply(payment, Trigger.CLOSE, source=Source.API,
                               detail={"reason": "placement_rejected", "wechat_code": exc.wechat_code,
                                       "message": str(exc)})
             raise
-        return await self._apply(
+        return await core.apply(
             payment, Trigger.PREPAY, source=Source.API, payload={"prepay_id": prepay_id},
-            changes={"prepay_id": prepay_id, "next_attempt_at": self.after(self.settings.query_schedule[0])},
+            changes={"prepay_id": prepay_id, "next_attempt_at": core.after(core.settings.query_schedule[0])},
         )
 
     def pay_params(self, payment: models.Payment) -> dict[str, str] | None:
-        if payment.state is not State.PREPAID or payment.prepay_id is None or self.wechat is None:
+        if payment.state is not State.PREPAID or payment.prepay_id is None:
             return None
         return self.wechat.pay_params(payment.prepay_id)
 

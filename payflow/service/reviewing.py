@@ -4,19 +4,21 @@ from __future__ import annotations
 
 from typing import Any
 
-from payflow import models
-from payflow.service.core import ServiceCore
-from payflow.states import Source, State, Trigger
+from payflow import models, states
+from payflow.service.core import Core
+from payflow.states import Source, Trigger
 
-# States from which `flag` is allowed (DESIGN §2).
-FLAGGABLE = frozenset({State.CREATED, State.PREPAID, State.NOTIFIED, State.SYNCED, State.CLOSED})
+FLAGGABLE = states.TABLE.sources(Trigger.FLAG)
 
 
-class Reviewing(ServiceCore):
+class Reviewing:
+    def __init__(self, core: Core) -> None:
+        self.core = core
+
     async def mark_reconciled(
         self, payment: models.Payment, billed_amount: int, detail: dict[str, Any]
     ) -> models.Payment:
-        return await self._apply(payment, Trigger.RECONCILE, source=Source.BILL, payload={"amount": billed_amount},
+        return await self.core.apply(payment, Trigger.RECONCILE, source=Source.BILL, payload={"amount": billed_amount},
                                  detail=detail)
 
     async def flag(
@@ -25,4 +27,4 @@ class Reviewing(ServiceCore):
         """Park a payment for a person, unless it cannot be flagged (reconciled) or already is."""
         if payment.state not in FLAGGABLE:
             return payment
-        return await self._apply(payment, Trigger.FLAG, source=source, payload={"reason": reason}, detail=detail)
+        return await self.core.apply(payment, Trigger.FLAG, source=source, payload={"reason": reason}, detail=detail)

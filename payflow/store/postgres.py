@@ -215,7 +215,7 @@ class PostgresStore(PaymentStore):
                 "VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
                 discrepancy.bill_date, discrepancy.out_trade_no, discrepancy.category, discrepancy.detail,
                 discrepancy.found_at)
-        return status.endswith(" 1")
+        return str(status).endswith(" 1")
 
     async def discrepancies(self, bill_date: dt.date) -> list[models.Discrepancy]:
         async with _boundary():

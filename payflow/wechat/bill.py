@@ -12,9 +12,9 @@ from operator import attrgetter
 from typing import TypeVar
 
 from payflow import errors
+from payflow.clock import SHANGHAI
 
 # China has kept +08:00 without DST since 1991 and bills reach back three months, so a fixed offset is exact.
-SHANGHAI = dt.timezone(dt.timedelta(hours=8), "Asia/Shanghai")
 
 DETAIL_NAMES = (
     "交易时间", "公众账号ID", "商户号", "特约商户号", "设备号", "微信订单号", "商户订单号", "用户标识", "交易类型",

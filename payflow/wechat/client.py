@@ -1,7 +1,7 @@
 """`WechatPayClient`: the merchant side of WeChat Pay APIv3 over aiohttp (JSAPI, query, close, bills).
 
-Every 2xx answer is verified before it is believed; errors are sorted into retryable (outcome unknown
-or temporary) and final, per WECHATPAY_V3 §7.3.
+Every 2xx answer, and every error taken as final, is verified before it is believed; errors are sorted
+into retryable (outcome unknown or temporary) and final, per WECHATPAY_V3 §7.3.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ BILL_DOWNLOAD_PATH = "/v3/billdownload/file"
 RATE_LIMIT_PAUSE = 1.0
 ORDER_NOT_EXIST = frozenset({"ORDER_NOT_EXIST", "ORDERNOTEXIST", "RESOURCE_NOT_EXISTS"})
 ORDER_PAID = frozenset({"ORDERPAID", "ORDER_PAID"})
+UNSETTLED_TRADE_STATES = frozenset({"NOTPAY", "USERPAYING"})
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -162,14 +163,33 @@ class WechatPayClient:
             if exc.status == 404 or exc.wechat_code in ORDER_NOT_EXIST:
                 return None
             raise
-        return parse_transaction(answer.json())
+        txn = parse_transaction(answer.json())
+        self._check_ours(out_trade_no, txn)
+        return txn
+
+    def _check_ours(self, out_trade_no: str, txn: Transaction) -> None:
+        """Refuse a query answer about another order, merchant or appid (a misrouted or replayed answer):
+        it is no fact about ours, so the caller asks again later, as after any retryable failure."""
+        # A NOTPAY without mchid/appid changes nothing here: at most a close or a re-entry goes to WeChat
+        # under our own mchid. Anything else changes the payment, so it must name us, as a notification must.
+        optional = txn.trade_state in UNSETTLED_TRADE_STATES
+        wrong = [name for name, asked, answered in (("out_trade_no", out_trade_no, txn.out_trade_no),
+                                                    ("mchid", self.mchid, txn.mchid),
+                                                    ("appid", self.appid, txn.appid))
+                 if answered != asked and not (optional and answered is None and name != "out_trade_no")]
+        if wrong:
+            log.error("alert.query_mismatch", out_trade_no=out_trade_no, fields=wrong,
+                      answered_out_trade_no=txn.out_trade_no, mchid=txn.mchid, appid=txn.appid,
+                      trade_state=txn.trade_state)
+            raise errors.WechatRetryable(f"query: the answer's {', '.join(wrong)} do not match the request")
 
     async def close_order(self, out_trade_no: str) -> None:
         path = f"/v3/pay/transactions/out-trade-no/{out_trade_no}/close"
         await self._request("POST", path, _dumps({"mchid": self.mchid}), endpoint="close")
 
     def pay_params(self, prepay_id: str) -> dict[str, str]:
-        return dict(crypto.jsapi_pay_params(self._private_key, self.appid, prepay_id))
+        params = crypto.jsapi_pay_params(self._private_key, self.appid, prepay_id)
+        return {name: str(value) for name, value in params.items()}
 
     # --- bills --------------------------------------------------------------------------------
 
@@ -277,7 +297,7 @@ class WechatPayClient:
             if status == 202:  # USER_PAYING: accepted, not processed; ask again later
                 raise errors.WechatRetryable(f"{endpoint}: 202 USER_PAYING", wechat_code="USER_PAYING", status=202)
             return _Answer(status, raw)
-        raise self._error(endpoint, status, response_headers, raw)
+        raise self._error(endpoint, status, response_headers, raw, verify=verify)
 
     def _observe(self, endpoint: str, outcome: str, started: float) -> None:
         if self.metrics is not None:
@@ -292,7 +312,9 @@ class WechatPayClient:
             log.warning("wechat.answer_unverified", endpoint=endpoint, status=status, error=str(exc))
             raise errors.WechatRetryable(f"{endpoint}: answer failed verification: {exc}", status=status) from None
 
-    def _error(self, endpoint: str, status: int, headers: Mapping[str, str], raw: bytes) -> errors.WechatError:
+    def _error(
+        self, endpoint: str, status: int, headers: Mapping[str, str], raw: bytes, *, verify: bool
+    ) -> errors.WechatError:
         try:
             payload = json.loads(raw) if raw else {}
         except ValueError:
@@ -305,13 +327,16 @@ class WechatPayClient:
             return errors.WechatRetryable(text, wechat_code=code, status=status)
         if status >= 500 or status == 408:
             return errors.WechatRetryable(text, wechat_code=code, status=status)
-        if "Wechatpay-Signature" in headers and status != 401:
-            # A final error closes a payment, so a signed one must verify; a forged one is not final.
-            try:
-                crypto.verify_signed_message(headers, raw, self._platform_keys, now=self._now())
-            except crypto.CryptoError as exc:
-                log.warning("wechat.error_unverified", endpoint=endpoint, status=status, error=str(exc))
-                return errors.WechatRetryable(f"{text} (unverified: {exc})", wechat_code=code, status=status)
+        if status == 401 or not (verify or "Wechatpay-Signature" in headers):
+            # WeChat never signs its 401 SIGN_ERROR, nor the bill download's answers (WECHATPAY_V3 §2.1, §8.2).
+            return errors.WechatFinal(text, wechat_code=code, status=status)
+        # A final error closes a payment or makes a query "no such order", so it must be WeChat's own: an
+        # unsigned one (a proxy's 404, a captive portal's redirect) or a forged one says nothing about the order.
+        try:
+            crypto.verify_signed_message(headers, raw, self._platform_keys, now=self._now())
+        except crypto.CryptoError as exc:
+            log.warning("wechat.error_unverified", endpoint=endpoint, status=status, error=str(exc))
+            return errors.WechatRetryable(f"{text} (unverified: {exc})", wechat_code=code, status=status)
         return errors.WechatFinal(text, wechat_code=code, status=status)
 
 

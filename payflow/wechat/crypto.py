@@ -107,6 +107,7 @@ def load_private_key(pem: PemSource) -> RSAPrivateKey:
 def load_public_key(pem: PemSource) -> RSAPublicKey:
     """Load an RSA public key from SPKI PEM, or take it from an X.509 certificate PEM."""
     data = _pem_bytes(pem)
+    key: object
     try:
         if data.startswith(b"-----BEGIN CERTIFICATE-----"):
             key = x509.load_pem_x509_certificate(data).public_key()

@@ -9,7 +9,7 @@ import dataclasses
 import json
 import time
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, Protocol
 
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 
@@ -52,6 +52,14 @@ class VerifiedNotification:
     resource: dict[str, Any]  # decrypted; payment facts, never secrets
     transaction: Transaction | None  # None unless the resource is a transaction
     resource_json: str  # the decrypted resource as sent
+
+
+class Verifier(Protocol):
+    """Checks a notification's signature and decrypts it; `NotificationVerifier` is the real one."""
+
+    def verify(self, headers: Mapping[str, str], body: bytes) -> VerifiedNotification:
+        """Raises `NotificationRejected` (or a subclass) for anything that must not be accepted."""
+        ...
 
 
 class NotificationVerifier:

@@ -10,10 +10,11 @@ import pathlib
 import sys
 
 from payflow import logs
-from simulator import faults as wechat_faults
-from simulator.backend_faults import BackendFaults, FaultPlanError
+from simulator.backend.faults import BackendFaults, FaultPlanError
 from simulator.chaos import report
-from simulator.chaos.driver import Options, simulate
+from simulator.chaos.driver import simulate
+from simulator.chaos.scenario import Options
+from simulator.wechat import faults as wechat_faults
 
 # Faults are on by default (each a flag): notifications dropped 30% (5% never delivered), delayed,
 # duplicated 10%, reordered, signature probes; WeChat API 5xx/429 at a few percent.

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import datetime as dt
 import json
 import pathlib
@@ -22,21 +21,20 @@ from aiohttp import web
 from aiohttp.test_utils import unused_port
 
 from payflow import devkeys, logs
+from payflow.clock import SHANGHAI
 from payflow.errors import StoreUnavailable
 from payflow.states import State
-from payflow.store import PaymentStore, open_store
+from payflow.store import open_store
 from simulator import backend as backend_sim
-from simulator.backend_faults import BackendFaults
-from simulator.chaos import checks, scenario
+from simulator.chaos import report, scenario
 from simulator.chaos.process import ROOT, PayflowProcess, base_env
-from simulator.faults import WechatFaults
-from simulator.proxy import create_app as proxy_app
+from simulator.chaos.proxy import create_app as proxy_app
+from simulator.chaos.scenario import Options
 from simulator.wechat.app import create_app as create_wechat_sim
 from simulator.wechat.appkeys import LEDGER
 
 log = logs.get_logger(__name__)
 
-SHANGHAI = dt.timezone(dt.timedelta(hours=8))
 UNSETTLED = (State.CREATED, State.PREPAID, State.NOTIFIED)
 # `run.py reconcile` passes at the end, at most: each fails only if WeChat fails the bill API three times.
 RECONCILE_PASSES = 5
@@ -56,38 +54,6 @@ TUNING = {
 }
 # The seed's design, by configuration: forward once when the notification comes, nothing re-drives it.
 NAIVE = {"PAYFLOW_SWEEP_INTERVAL": "0", "PAYFLOW_QUERY_ON_READ": "0"}
-
-
-@dataclasses.dataclass
-class Options:
-    orders: int = 300
-    seed: int = 1
-    strategy: str = "payflow"  # or "naive"
-    crashes: int = 2
-    ttl: float = 60.0
-    time_factor: float = 60.0
-    wechat: WechatFaults = dataclasses.field(default_factory=WechatFaults)
-    backend: BackendFaults = dataclasses.field(default_factory=BackendFaults)
-    settle_timeout: float = 90.0
-    progress: bool = True
-    env: dict[str, str] = dataclasses.field(default_factory=dict)  # PAYFLOW_* overrides, applied last
-    replicas: int = 1
-    database: str | None = None  # postgresql://... (a fresh schema per run); None: a temporary SQLite file
-    db_restart: bool = False  # restart PostgreSQL once mid-run
-
-
-@dataclasses.dataclass
-class Outcome:
-    options: Options
-    invariants: list[checks.Invariant]
-    summary: dict[str, Any]
-    rows: list[dict[str, Any]]
-    timeline: list[dict[str, Any]]
-    latencies: list[float]
-
-    @property
-    def ok(self) -> bool:
-        return all(i.holds for i in self.invariants)
 
 
 class Run:
@@ -110,7 +76,7 @@ class Run:
     def elapsed(self) -> float:
         return time.monotonic() - self.started
 
-    async def execute(self) -> Outcome:
+    async def execute(self) -> report.Outcome:
         options = self.options
         keys = devkeys.write_keyset(self.workdir / "keys")
         wechat_app = create_wechat_sim(keys, faults=options.wechat, time_factor=options.time_factor,
@@ -330,9 +296,7 @@ class Run:
 
     # --- the verdict ---------------------------------------------------------------------------
 
-    async def _outcome(self, exit_code: int | None) -> Outcome:
-        from simulator.chaos import report
-
+    async def _outcome(self, exit_code: int | None) -> report.Outcome:
         return await report.build(self, exit_code)
 
 
@@ -360,7 +324,7 @@ async def fresh_schema(url: str, *, keep: bool) -> AsyncIterator[str]:
 
 
 async def simulate(options: Options, keep: pathlib.Path | None = None,
-                   on_workdir: Callable[[pathlib.Path], None] | None = None) -> Outcome:
+                   on_workdir: Callable[[pathlib.Path], None] | None = None) -> report.Outcome:
     with tempfile.TemporaryDirectory(prefix="payflow-chaos-") as tmp:
         workdir = keep or pathlib.Path(tmp)
         workdir.mkdir(parents=True, exist_ok=True)
@@ -369,21 +333,3 @@ async def simulate(options: Options, keep: pathlib.Path | None = None,
         run = Run(options, workdir)
         run.keep = keep is not None
         return await run.execute()
-
-
-async def read_store(store: PaymentStore) -> dict[str, dict[str, Any]]:
-    payments: dict[str, dict[str, Any]] = {}
-    after = None
-    while batch := await store.list_payments(after=after, limit=500):
-        for payment in batch:
-            events = await store.events(payment.out_trade_no)
-            flags = [e for e in events if e.trigger == "flag"]
-            pays = [e for e in events if e.trigger == "pay"]
-            payments[payment.out_trade_no] = {
-                "order_id": payment.order_id, "amount": payment.amount, "state": payment.state.value,
-                "reason": flags[-1].detail.get("reason") if flags else None,
-                "pay_source": pays[-1].source if pays else None,
-                "transitions": len(events) - 1,
-            }
-        after = batch[-1].out_trade_no
-    return payments

@@ -3,25 +3,62 @@
 from __future__ import annotations
 
 import collections
+import dataclasses
 import datetime as dt
 import json
 import pathlib
 import statistics
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
+from aiohttp import web
+
+from payflow.clock import SHANGHAI
+from payflow.store import PaymentStore
 from simulator import backend as backend_sim
 from simulator.chaos import checks
+from simulator.chaos.process import PayflowProcess
+from simulator.chaos.scenario import Options, Scenario
 from simulator.wechat.appkeys import FAULTS, LEDGER, NOTIFIER
 
-SHANGHAI = dt.timezone(dt.timedelta(hours=8))
 
-if TYPE_CHECKING:
-    from simulator.chaos.driver import Outcome, Run
+@dataclasses.dataclass
+class Outcome:
+    options: Options
+    invariants: list[checks.Invariant]
+    summary: dict[str, Any]
+    rows: list[dict[str, Any]]
+    timeline: list[dict[str, Any]]
+    latencies: list[float]
+
+    @property
+    def ok(self) -> bool:
+        return all(i.holds for i in self.invariants)
 
 
-async def build(run: Run, exit_code: int | None) -> Outcome:
-    from simulator.chaos.driver import Outcome, read_store
+class FinishedRun(Protocol):
+    """What `build` reads from the driver's run, while its simulators and payflow's store are still up."""
 
+    options: Options
+    plan: Scenario
+    store: PaymentStore
+    wechat_app: web.Application
+    backend_app: web.Application
+    replicas: list[PayflowProcess]
+    acknowledged: dict[str, str]
+    pay_refused: dict[str, str]
+    creation_failed: list[str]
+    timeline: list[dict[str, Any]]
+    crash_times: list[float]
+    reconcile_runs: list[dict[str, Any]]
+    db_restarts: int
+
+    @property
+    def kills(self) -> int: ...
+
+    def elapsed(self) -> float: ...
+
+
+async def build(run: FinishedRun, exit_code: int | None) -> Outcome:
     now = dt.datetime.now(dt.UTC)
     payflow = await read_store(run.store)
     wechat_orders = run.wechat_app[LEDGER].orders(now)
@@ -85,6 +122,25 @@ async def build(run: Run, exit_code: int | None) -> Outcome:
         "invariants": {i.name: i.holds for i in invariants},
     }
     return Outcome(run.options, invariants, summary, rows, run.timeline, latencies)
+
+
+async def read_store(store: PaymentStore) -> dict[str, dict[str, Any]]:
+    """payflow's ledger: every payment with its state, why it was flagged and how it was paid."""
+    payments: dict[str, dict[str, Any]] = {}
+    after = None
+    while batch := await store.list_payments(after=after, limit=500):
+        for payment in batch:
+            events = await store.events(payment.out_trade_no)
+            flags = [e for e in events if e.trigger == "flag"]
+            pays = [e for e in events if e.trigger == "pay"]
+            payments[payment.out_trade_no] = {
+                "order_id": payment.order_id, "amount": payment.amount, "state": payment.state.value,
+                "reason": flags[-1].detail.get("reason") if flags else None,
+                "pay_source": pays[-1].source if pays else None,
+                "transitions": len(events) - 1,
+            }
+        after = batch[-1].out_trade_no
+    return payments
 
 
 def _percentiles(values: list[float]) -> dict[str, float | None]:

@@ -1,14 +1,37 @@
-"""The seeded scenario: what each payer will do and when payflow is killed. Pure; no I/O."""
+"""The seeded scenario: a run's options, what each payer will do and when payflow is killed. Pure; no I/O."""
 
 from __future__ import annotations
 
 import dataclasses
 import random
 
+from simulator.backend.faults import BackendFaults
+from simulator.wechat.faults import WechatFaults
+
 FATES = ("pays", "never", "late", "wrong_amount", "cancelled")
 # How a default population behaves: most pay, some never do, a few pay at the last moment, pay the
 # wrong amount, or have their order cancelled at the business before paying.
 FATE_WEIGHTS = (0.70, 0.12, 0.08, 0.05, 0.05)
+
+
+@dataclasses.dataclass
+class Options:
+    """What one chaos run simulates: the scenario's size and seed, the faults, and payflow's topology."""
+
+    orders: int = 300
+    seed: int = 1
+    strategy: str = "payflow"  # or "naive"
+    crashes: int = 2
+    ttl: float = 60.0
+    time_factor: float = 60.0
+    wechat: WechatFaults = dataclasses.field(default_factory=WechatFaults)
+    backend: BackendFaults = dataclasses.field(default_factory=BackendFaults)
+    settle_timeout: float = 90.0
+    progress: bool = True
+    env: dict[str, str] = dataclasses.field(default_factory=dict)  # PAYFLOW_* overrides, applied last
+    replicas: int = 1
+    database: str | None = None  # postgresql://... (a fresh schema per run); None: a temporary SQLite file
+    db_restart: bool = False  # restart PostgreSQL once mid-run
 
 
 @dataclasses.dataclass(frozen=True)

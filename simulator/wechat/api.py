@@ -9,10 +9,11 @@ from typing import Any
 from aiohttp import web
 
 from payflow import logs
+from payflow.clock import SHANGHAI
 from payflow.wechat import crypto
 from simulator.wechat import bills, protocol, validation
 from simulator.wechat.appkeys import BILLS, CLOCK, FAULTS, KEYS, LEDGER
-from simulator.wechat.ledger import SHANGHAI, LedgerError, Order
+from simulator.wechat.ledger import LedgerError, Order
 from simulator.wechat.protocol import ApiError
 
 log = logs.get_logger(__name__)

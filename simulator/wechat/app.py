@@ -12,10 +12,10 @@ from aiohttp import web
 
 from payflow.clock import Clock, SystemClock
 from payflow.devkeys import KeySet
-from simulator.faults import FaultDice, WechatFaults
 from simulator.wechat import api, control
 from simulator.wechat.appkeys import BILLS, CLOCK, FAULTS, KEYS, LEDGER, NOTIFIER
 from simulator.wechat.bills import BillFiles
+from simulator.wechat.faults import FaultDice, WechatFaults
 from simulator.wechat.ledger import Ledger
 from simulator.wechat.notifier import Notifier
 

@@ -7,8 +7,8 @@ from aiohttp import web
 
 from payflow.clock import Clock
 from payflow.devkeys import KeySet
-from simulator.faults import FaultDice
 from simulator.wechat.bills import BillFiles
+from simulator.wechat.faults import FaultDice
 from simulator.wechat.ledger import Ledger
 from simulator.wechat.notifier import Notifier
 

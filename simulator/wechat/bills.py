@@ -9,7 +9,8 @@ import gzip
 import secrets
 from collections.abc import Iterable
 
-from simulator.wechat.ledger import SHANGHAI, Order
+from payflow.clock import SHANGHAI
+from simulator.wechat.ledger import Order
 
 DETAIL_HEADER = (
     "交易时间,公众账号ID,商户号,特约商户号,设备号,微信订单号,商户订单号,用户标识,交易类型,交易状态,付款银行,货币种类,"

@@ -14,8 +14,8 @@ from typing import Any
 from aiohttp import web
 
 from payflow import logs
-from simulator.faults import WechatFaults
 from simulator.wechat.appkeys import CLOCK, FAULTS, LEDGER, NOTIFIER
+from simulator.wechat.faults import WechatFaults
 from simulator.wechat.ledger import LedgerError, Order, rfc3339
 
 log = logs.get_logger(__name__)

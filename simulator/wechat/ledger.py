@@ -13,7 +13,8 @@ import itertools
 from collections.abc import Mapping
 from typing import Any
 
-SHANGHAI = dt.timezone(dt.timedelta(hours=8), "Asia/Shanghai")
+from payflow.clock import SHANGHAI
+
 PREPAY_TTL = dt.timedelta(hours=2)
 DEFAULT_EXPIRY = dt.timedelta(days=7)
 MIN_EXPIRY = dt.timedelta(minutes=1)

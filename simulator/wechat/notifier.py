@@ -23,7 +23,7 @@ from payflow import logs
 from payflow.clock import Clock
 from payflow.devkeys import KeySet
 from payflow.wechat import crypto
-from simulator.faults import FaultDice, SendFaults
+from simulator.wechat.faults import FaultDice, SendFaults
 from simulator.wechat.ledger import Order, rfc3339
 
 log = logs.get_logger(__name__)

@@ -11,9 +11,9 @@ import sys
 from aiohttp import web
 
 from payflow import devkeys, logs
-from simulator import faults as fault_plans
-from simulator.faults import WechatFaults
+from simulator.wechat import faults as fault_plans
 from simulator.wechat.app import create_app
+from simulator.wechat.faults import WechatFaults
 
 log = logs.get_logger(__name__)
 

@@ -9,7 +9,7 @@ import shlex
 
 import aiohttp
 
-from payflow import devserver
+from simulator import devserver
 
 
 async def test_dev_mode_runs_the_whole_flow(tmp_path: pathlib.Path, capsys: object) -> None:

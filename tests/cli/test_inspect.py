@@ -24,7 +24,7 @@ def _inspect(database_url: str, *args: str) -> subprocess.CompletedProcess[str]:
 
 async def test_timeline_table_and_json(service: PaymentService, wechat: FakeWechat) -> None:
     created = await service.create_payment(NewPayment("order-1", 1999, "Beans", "oPayer"))
-    paid = await service._apply(created.payment, Trigger.PAY, source=Source.QUERY,
+    paid = await service.core.apply(created.payment, Trigger.PAY, source=Source.QUERY,
                                 payload={"amount": 1999, "transaction_id": "4200000001"})
     url = service.settings.database_url
     result = _inspect(url, paid.out_trade_no)

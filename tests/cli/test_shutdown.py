@@ -29,10 +29,10 @@ from payflow.devkeys import KeySet
 from payflow.states import State
 from payflow.store import open_store
 from simulator import backend as backend_sim
-from simulator.backend_faults import BackendFaults
-from simulator.faults import WechatFaults
+from simulator.backend.faults import BackendFaults
 from simulator.wechat import appkeys as wechat_keys
 from simulator.wechat.app import create_app as create_wechat_sim
+from simulator.wechat.faults import WechatFaults
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 SEED = 7

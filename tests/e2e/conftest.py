@@ -27,10 +27,10 @@ from payflow.sweeper import PassReport, Sweeper
 from payflow.wechat.client import WechatPayClient
 from payflow.wechat.notify import NotificationVerifier
 from simulator import backend as backend_sim
-from simulator.backend_faults import BackendFaults
-from simulator.faults import WechatFaults
+from simulator.backend.faults import BackendFaults
 from simulator.wechat.app import create_app as create_wechat_sim
 from simulator.wechat.appkeys import FAULTS, LEDGER, NOTIFIER
+from simulator.wechat.faults import WechatFaults
 
 OPENID = "oUpF8uMuAJO_M2pxb1Q9zNjWeS6o"
 
@@ -123,7 +123,13 @@ class World:
 
 
 @pytest.fixture
-async def world(tmp_path: Any, keyset: KeySet) -> AsyncIterator[World]:
+def world_overrides() -> dict[str, Any]:
+    """Settings fields a test changes (parametrize it: `@pytest.mark.parametrize("world_overrides", [...])`)."""
+    return {}
+
+
+@pytest.fixture
+async def world(tmp_path: Any, keyset: KeySet, world_overrides: dict[str, Any]) -> AsyncIterator[World]:
     start = dt.datetime(2026, 11, 26, 4, 0, tzinfo=dt.UTC)
     clock = FakeClock(start)
     now = lambda: clock.now().timestamp()  # noqa: E731
@@ -145,6 +151,7 @@ async def world(tmp_path: Any, keyset: KeySet) -> AsyncIterator[World]:
         backend_url=str(backend.make_url(BACKEND_SIM_PATH)), backend_secret=keyset.backend_secret,
         api_token="api", admin_token="admin", jitter=0.0, backend_timeout=2.0,
     )
+    settings = dataclasses.replace(settings, **world_overrides)
     metrics = Metrics()
     client = WechatPayClient.from_settings(settings, now=now, sleep=_no_sleep, timeout=2.0, metrics=metrics)
     forwarder = BackendClient(settings.backend_url or "", keyset.backend_secret, timeout=2.0, now=now)

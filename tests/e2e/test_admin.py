@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+from typing import Any
+
+import pytest
+
 from payflow.states import State
 from tests.e2e.conftest import World
 
@@ -116,3 +121,34 @@ async def test_action_input_errors(world: World) -> None:
     async with world.http.post(world.payflow.make_url(f"/v1/admin/payments/{no}/recheck"), json={"note": "x"},
                                headers={"Authorization": "Bearer api"}) as response:
         assert response.status == 401  # the api token is not an admin token
+
+
+async def test_a_requeued_forward_holds_a_lease_so_no_sweeper_delivers_it_meanwhile(
+    world: World, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    created = await world.create("order-1")
+    world.backend_faults(error_rate=1.0)
+    await world.pay(created["out_trade_no"])
+    await world.notify()
+    for delay in world.settings.forward_schedule:  # exhaust the schedule: needs_review
+        world.advance(delay)
+        await world.sweep()
+    assert (await world.payment(created["out_trade_no"])).state is State.NEEDS_REVIEW
+    world.backend_faults()
+    gate, delivering = asyncio.Event(), asyncio.Event()
+    real = world.service.backend.deliver
+
+    async def held(payment: Any) -> Any:
+        delivering.set()
+        await gate.wait()
+        return await real(payment)
+
+    monkeypatch.setattr(world.service.backend, "deliver", held)
+    requeue = asyncio.get_running_loop().create_task(_action(world, created["out_trade_no"], "requeue", "retry"))
+    await asyncio.wait_for(delivering.wait(), 5)
+    # While the operator's forward is in flight, a sweeper pass finds nothing to claim.
+    assert await world.service.store.claim_due(world.clock.now(), 10, world.settings.lease) == []
+    gate.set()
+    status, body = await requeue
+    assert status == 200 and body["payment"]["state"] == "synced"
+    assert world.backend_order("order-1").paid_events_received == 1

@@ -20,7 +20,7 @@ from aiohttp.test_utils import TestServer, unused_port
 from payflow import devkeys
 from payflow.devkeys import KeySet
 from simulator import backend as backend_sim
-from simulator.backend_faults import BackendFaults
+from simulator.backend.faults import BackendFaults
 from simulator.wechat.app import create_app as create_wechat_sim
 from simulator.wechat.appkeys import LEDGER, NOTIFIER
 

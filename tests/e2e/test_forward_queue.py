@@ -4,7 +4,6 @@ and left to the sweeper when they wait past their lease or find the queue full."
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 from typing import Any
 
 import pytest
@@ -58,12 +57,12 @@ async def _deliver_notifications(world: World) -> int:
     return await world.wechat.app[NOTIFIER].deliver_due(world.wechat_clock.now())
 
 
+@pytest.mark.parametrize("world_overrides", [{"forward_concurrency": 3}])
 async def test_forwards_are_bounded_and_yield_to_notifications(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
-    world.service.settings = dataclasses.replace(world.service.settings, forward_concurrency=3)
     backend = HeldBackend(world, monkeypatch)
     numbers = await _paid_at_wechat(world, 6)
 
-    with world.service.handling_notification():  # as if WeChat kept notifying
+    with world.service.forwarding.handling_notification():  # as if WeChat kept notifying
         assert await _deliver_notifications(world) == 6
         await _settle()
         assert backend.in_flight == 1 and backend.peak == 1  # acknowledgements first
@@ -78,10 +77,10 @@ async def test_forwards_are_bounded_and_yield_to_notifications(world: World, mon
     assert [world.backend_order(f"order-{i}").paid_events_received for i in range(6)] == [1] * 6
 
 
+@pytest.mark.parametrize("world_overrides", [{"forward_concurrency": 1}])
 async def test_a_forward_that_waited_past_its_lease_is_left_to_the_sweeper(
     world: World, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    world.service.settings = dataclasses.replace(world.service.settings, forward_concurrency=1)
     backend = HeldBackend(world, monkeypatch)
     first, second = await _paid_at_wechat(world, 2)
     assert await _deliver_notifications(world) == 2
@@ -100,8 +99,8 @@ async def test_a_forward_that_waited_past_its_lease_is_left_to_the_sweeper(
     assert backend.delivered == [first, second]  # each forwarded once
 
 
+@pytest.mark.parametrize("world_overrides", [{"forward_concurrency": 1, "forward_backlog": 1}])
 async def test_a_full_backlog_leaves_the_payment_to_the_sweeper(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
-    world.service.settings = dataclasses.replace(world.service.settings, forward_concurrency=1, forward_backlog=1)
     backend = HeldBackend(world, monkeypatch)
     numbers = await _paid_at_wechat(world, 3)
     assert await _deliver_notifications(world) == 3

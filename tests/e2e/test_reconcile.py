@@ -8,13 +8,12 @@ import datetime as dt
 import pytest
 
 from payflow import errors
+from payflow.clock import SHANGHAI
 from payflow.reconcile import ReconcileFailed, Reconciler, day_bounds
 from payflow.states import Source, State, Trigger
 from payflow.wechat.api import Transaction
 from payflow.wechat.client import BillInfo
 from tests.e2e.conftest import World
-
-SHANGHAI = dt.timezone(dt.timedelta(hours=8))
 
 
 def _today(world: World) -> dt.date:
@@ -94,7 +93,7 @@ async def test_paid_after_close_is_flagged_not_paid(world: World) -> None:
     created = await world.create("order-1")
     await world.pay(created["out_trade_no"])
     payment = await world.payment(created["out_trade_no"])
-    await world.service._apply(payment, Trigger.CLOSE, source=Source.SWEEPER)  # e.g. closed on a stale view
+    await world.service.core.apply(payment, Trigger.CLOSE, source=Source.SWEEPER)  # e.g. closed on a stale view
     report = await _reconciler(world).run(_today(world))
     assert [d.category for d in report.discrepancies] == ["PAID_AFTER_CLOSE"]
     payment = await world.payment(created["out_trade_no"])

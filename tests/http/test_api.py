@@ -158,6 +158,12 @@ async def test_wrong_content_type(client: TestClient) -> None:
         ({"amount": True}, "amount"),
         ({"amount": 2**31}, "amount"),
         ({"description": "x" * 128}, "description"),
+        ({"description": "支" * 43}, "description"),  # 129 bytes: WeChat counts UTF-8 bytes
+        ({"attach": "支" * 42 + "xxx"}, "attach"),  # 129 bytes
+        ({"description": "Coffee\x85beans"}, "description"),  # a C1 control
+        ({"description": "Coffee \u202eesnaeb"}, "description"),  # a bidi override
+        ({"attach": "order \u2066x\u2069"}, "attach"),  # a bidi isolate
+        ({"description": "Coffee ☕ beans \U0001f600"}, "description"),  # above U+FFFF: WeChat refuses it
         ({"description": ["Coffee"]}, "description"),
         ({"attach": {"a": 1}}, "attach"),
         ({"openid": "a\nb"}, "openid"),
@@ -180,9 +186,11 @@ async def test_invalid_fields(
     assert await sqlite_store.get_by_order_id(str(body.get("order_id"))) is None
 
 
-async def test_description_of_127_characters_is_fine(client: TestClient) -> None:
-    response = await client.post("/v1/payments", json={**BODY, "description": "支" * 127}, headers=API)
+async def test_description_and_attach_up_to_wechats_byte_limits_are_fine(client: TestClient) -> None:
+    body = {**BODY, "description": "支" * 42 + "x", "attach": "支" * 42 + "xx"}  # 127 and 128 bytes
+    response = await client.post("/v1/payments", json=body, headers=API)
     assert response.status == 201
+    assert (await response.json())["order_id"] == body["order_id"]
 
 
 async def test_body_over_the_limit(client: TestClient, settings: Settings) -> None:
@@ -225,3 +233,19 @@ async def test_app_owns_the_store_it_opened(aiohttp_client: Any, settings: Setti
     with pytest.raises(errors.StoreUnavailable):
         await app[keys.STORE].ping()
     assert isinstance(app, web.Application)
+
+
+async def test_a_deployment_without_wechat_keys_says_what_to_configure(
+    aiohttp_client: Any, sqlite_store: PaymentStore,
+) -> None:
+    bare = Settings(api_token=API_TOKEN, admin_token=ADMIN_TOKEN, notify_url="https://pay.example.com/notify")
+    client = await aiohttp_client(create_app(bare, store=sqlite_store, run_sweeper=False))
+    body = await _error(await client.post("/v1/payments", json=BODY, headers=API), 503, "not_configured")
+    assert "PAYFLOW_WECHAT_MCHID" in body["message"]
+    stored = await sqlite_store.get_by_order_id("order-1")
+    assert stored is not None and stored.state.value == "created"  # kept: placed once WeChat is configured
+
+    response = await client.post("/v1/wechat/notify", data=b"{}", headers={"Content-Type": "application/json"})
+    assert response.status == 500  # WeChat delivers again later
+    answer = await response.json()
+    assert answer["code"] == "FAIL" and "PAYFLOW_WECHAT_PUBKEY_ID" in answer["message"]

@@ -7,6 +7,7 @@ import datetime as dt
 from typing import Any
 
 import pytest
+import structlog.testing
 from aiohttp.test_utils import TestClient
 
 from payflow.clock import FakeClock
@@ -155,7 +156,7 @@ async def test_paid_after_close_goes_to_review(
 ) -> None:
     from payflow.states import Source, Trigger
 
-    await service._apply(prepaid, Trigger.CLOSE, source=Source.SWEEPER)
+    await service.core.apply(prepaid, Trigger.CLOSE, source=Source.SWEEPER)
     body = wx.envelope(keyset, wx.transaction(keyset, prepaid.out_trade_no, 1999))
     assert (await _post(client, keyset, clock, body)).status == 204
     payment = await sqlite_store.get(prepaid.out_trade_no)
@@ -209,9 +210,30 @@ async def test_a_late_success_never_moves_a_synced_payment_back(
 ) -> None:
     from payflow.states import Source, Trigger
 
-    paid = await service._apply(prepaid, Trigger.PAY, source=Source.QUERY,
+    paid = await service.core.apply(prepaid, Trigger.PAY, source=Source.QUERY,
                                 payload={"amount": 1999, "transaction_id": "4200"})
-    synced = await service._apply(paid, Trigger.SYNC, source=Source.BACKEND)
+    synced = await service.core.apply(paid, Trigger.SYNC, source=Source.BACKEND)
     body = wx.envelope(keyset, wx.transaction(keyset, prepaid.out_trade_no, 1999))
     assert (await _post(client, keyset, clock, body)).status == 204
     assert await sqlite_store.get(prepaid.out_trade_no) == synced
+
+
+async def test_a_refund_notification_is_kept_against_its_payment_with_an_alert(
+    client: TestClient, keyset: KeySet, clock: FakeClock, prepaid: Any, sqlite_store: PaymentStore
+) -> None:
+    refund = {"mchid": keyset.mchid, "out_trade_no": prepaid.out_trade_no, "transaction_id": "4200000000001",
+              "out_refund_no": "R-1", "refund_id": "50000000001", "refund_status": "SUCCESS",
+              "amount": {"total": 1999, "refund": 1999, "payer_total": 1999, "payer_refund": 1999}}
+    body = wx.envelope(keyset, refund, notification_id="EV-R", event_type="REFUND.SUCCESS")
+    with structlog.testing.capture_logs() as logged:
+        assert (await _post(client, keyset, clock, body)).status == 204
+    note = await sqlite_store.get_notification("EV-R")
+    assert note is not None and note.out_trade_no == prepaid.out_trade_no and note.outcome == "refund_seen"
+    alerts = [e for e in logged if e["event"] == "alert.refund_notification"]
+    assert len(alerts) == 1 and alerts[0]["out_refund_no"] == "R-1" and alerts[0]["refund_status"] == "SUCCESS"
+    assert (await sqlite_store.get(prepaid.out_trade_no)) == prepaid  # nothing applied to the payment yet
+
+    other = wx.envelope(keyset, {**refund, "mchid": "1900000999"}, notification_id="EV-R2",
+                        event_type="REFUND.SUCCESS")
+    await _fail(await _post(client, keyset, clock, other), 400)  # another merchant's refund: refused
+    assert await sqlite_store.get_notification("EV-R2") is None

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
 
 import pytest
@@ -117,8 +118,19 @@ async def test_final_failure_closes_with_wechat_code(service: PaymentService, we
 
 async def test_without_a_wechat_client_the_payment_waits(sqlite_store: PaymentStore, settings, clock) -> None:  # type: ignore[no-untyped-def]
     service = PaymentService(sqlite_store, settings, wechat=None, clock=clock)
-    with pytest.raises(errors.WechatRetryable):
+    with pytest.raises(errors.NotConfigured, match="PAYFLOW_WECHAT_MCHID"):
         await service.create_payment(_request())
+    payment = await sqlite_store.get_by_order_id("order-1")
+    assert payment is not None and payment.state is State.CREATED
+
+
+async def test_without_a_notify_url_nothing_is_placed(sqlite_store: PaymentStore, settings, clock) -> None:  # type: ignore[no-untyped-def]
+    wechat = FakeWechat()
+    service = PaymentService(sqlite_store, dataclasses.replace(settings, notify_url=None), wechat=wechat,
+                             clock=clock)
+    with pytest.raises(errors.NotConfigured, match="PAYFLOW_NOTIFY_URL"):
+        await service.create_payment(_request())
+    assert wechat.placed == []
     payment = await sqlite_store.get_by_order_id("order-1")
     assert payment is not None and payment.state is State.CREATED
 

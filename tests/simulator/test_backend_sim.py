@@ -21,8 +21,9 @@ from aiohttp.test_utils import TestClient
 from payflow import devkeys, signing
 from payflow.clock import FakeClock
 from simulator import backend
-from simulator.backend import FAULTS, LEDGER, Ledger, Outcome, PaidEvent
-from simulator.backend_faults import BackendFaults, FaultPlanError
+from simulator.backend import FAULTS, LEDGER
+from simulator.backend.faults import BackendFaults, FaultPlanError
+from simulator.backend.ledger import Ledger, Outcome, PaidEvent
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 SECRET = "backend-test-secret"

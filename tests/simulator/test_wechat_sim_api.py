@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 
 from payflow.wechat import crypto
-from simulator.faults import WechatFaults
 from simulator.wechat import LEDGER
+from simulator.wechat.faults import WechatFaults
 from tests.simulator.conftest import MakeWechat, Merchant
 
 RFC3339_CST = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\+08:00")

@@ -8,9 +8,8 @@ from typing import Any
 
 import pytest
 
-from simulator import faults
-from simulator.faults import FaultDice, WechatFaults
-from simulator.wechat import FAULTS, NOTIFIER
+from simulator.wechat import FAULTS, NOTIFIER, faults
+from simulator.wechat.faults import FaultDice, WechatFaults
 from tests.simulator.conftest import Merchant, Receiver
 
 VIEW_KEYS = {

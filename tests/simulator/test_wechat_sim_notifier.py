@@ -17,8 +17,8 @@ import pytest
 
 from payflow.clock import FakeClock, SystemClock
 from payflow.wechat import crypto
-from simulator.faults import FaultDice, WechatFaults
 from simulator.wechat import NOTIFIER
+from simulator.wechat.faults import FaultDice, WechatFaults
 from simulator.wechat.ledger import JsapiRequest, Ledger
 from simulator.wechat.notifier import ACK_TIMEOUT, RETRY_SCHEDULE, Notifier
 from tests.simulator.conftest import T0, MakeWechat, Merchant, Receiver

@@ -15,11 +15,10 @@ import pytest
 from aiohttp import web
 from wechatpayv3 import WeChatPay, WeChatPayType
 
-from payflow.clock import SystemClock
+from payflow.clock import SHANGHAI, SystemClock
 from payflow.devkeys import KeySet
-from simulator.faults import WechatFaults
 from simulator.wechat import NOTIFIER, create_app
-from simulator.wechat.ledger import SHANGHAI
+from simulator.wechat.faults import WechatFaults
 
 OPENID = "oUpF8uMuAJO_M2pxb1Q9zNjWeS6o"
 

@@ -1,9 +1,17 @@
 from __future__ import annotations
 
+import dataclasses
+import datetime as dt
+import importlib.util
+import pathlib
+import re
+
 import pytest
 
-from payflow import errors
+from payflow import errors, settings
 from payflow.settings import Settings, parse_duration, parse_schedule
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.parametrize(
@@ -108,3 +116,116 @@ def test_missing_for_serve_names_each_variable() -> None:
 def test_forward_concurrency() -> None:
     assert Settings.from_env({}).forward_concurrency == 16
     assert Settings.from_env({"PAYFLOW_FORWARD_CONCURRENCY": " 4 "}).forward_concurrency == 4
+
+
+def test_forward_concurrency_refuses_digits_int_cannot_read() -> None:
+    with pytest.raises(errors.SettingsError, match="PAYFLOW_FORWARD_CONCURRENCY"):
+        Settings.from_env({"PAYFLOW_FORWARD_CONCURRENCY": "²"})  # str.isdigit() says yes, int() says no
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        ("PAYFLOW_DATABASE_URL", " mysql://x ", "PAYFLOW_DATABASE_URL: 'mysql://x' is not sqlite:///path or postgresql://..."),
+        ("PAYFLOW_PORT", "http", "PAYFLOW_PORT: 'http' is not a port number (0-65535)"),
+        ("PAYFLOW_WECHAT_APIV3_KEY", "é" * 32, "PAYFLOW_WECHAT_APIV3_KEY: must be exactly 32 ASCII characters"),
+        ("PAYFLOW_WECHAT_PUBKEY_ID", "0112345", "PAYFLOW_WECHAT_PUBKEY_ID: must start with PUB_KEY_ID_"),
+        ("PAYFLOW_QUERY_SCHEDULE", "30s,,1m",
+         "PAYFLOW_QUERY_SCHEDULE: '30s,,1m' is not a comma list of durations like 15s,3m,1h"),
+        ("PAYFLOW_FORWARD_SCHEDULE", "15s,soon",
+         "PAYFLOW_FORWARD_SCHEDULE: 'soon' is not a duration like 200ms, 15s, 5m, 2h or 1d"),
+        ("PAYFLOW_PAYMENT_TTL", "59s", "PAYFLOW_PAYMENT_TTL: must be at least 1m (WeChat's minimum)"),
+        ("PAYFLOW_SWEEP_INTERVAL", "often",
+         "PAYFLOW_SWEEP_INTERVAL: 'often' is not a duration like 200ms, 15s, 5m, 2h or 1d"),
+        ("PAYFLOW_LEASE", "0", "PAYFLOW_LEASE: must be longer than 0"),
+        ("PAYFLOW_WECHAT_TIMEOUT", "0s", "PAYFLOW_WECHAT_TIMEOUT: must be longer than 0"),
+        ("PAYFLOW_RECONCILE_AT", "25:00", "PAYFLOW_RECONCILE_AT: '25:00' is not a time like 10:30 (or off)"),
+        ("PAYFLOW_WECHAT_RATE", "nan", "PAYFLOW_WECHAT_RATE: 'nan' is not a rate in calls per second"),
+        ("PAYFLOW_FORWARD_CONCURRENCY", "+4", "PAYFLOW_FORWARD_CONCURRENCY: '+4' is not a whole number from 1 to 1000"),
+        ("PAYFLOW_LOG_LEVEL", " info ", "PAYFLOW_LOG_LEVEL: ' info ' is not one of DEBUG, INFO, WARNING, ERROR"),
+        ("PAYFLOW_LOG_FORMAT", " json", "PAYFLOW_LOG_FORMAT: ' json' is not one of json, console"),
+    ],
+)
+def test_error_messages(name: str, value: str, message: str) -> None:
+    with pytest.raises(errors.SettingsError) as info:
+        Settings.from_env({name: value})
+    assert str(info.value) == message
+
+
+def test_values_are_read_as_before() -> None:
+    s = Settings.from_env({
+        "PAYFLOW_HOST": " 0.0.0.0 ", "PAYFLOW_PORT": " 0 ", "PAYFLOW_LOG_LEVEL": "debug",
+        "PAYFLOW_RECONCILE_AT": " OFF ", "PAYFLOW_WECHAT_RATE": "0.5", "PAYFLOW_QUERY_ON_READ": "0",
+        "PAYFLOW_PLACEMENT_GRACE": "2m",
+    })
+    assert (s.host, s.port, s.log_level, s.reconcile_at) == ("0.0.0.0", 0, "DEBUG", None)
+    assert (s.wechat_rate, s.read_query_interval, s.placement_grace) == (0.5, 0.0, 120.0)
+    assert Settings.from_env({"PAYFLOW_RECONCILE_AT": "09:05"}).reconcile_at == dt.time(9, 5)
+
+
+def test_the_table_names_each_variable_and_field_once() -> None:
+    names = [v.name for v in settings.VARIABLES]
+    fields = [v.field for v in settings.VARIABLES]
+    assert len(set(names)) == len(names) and len(set(fields)) == len(fields)
+    assert all(name.startswith("PAYFLOW_") for name in names)
+    assert set(fields) <= {f.name for f in dataclasses.fields(Settings)}
+
+
+def test_the_table_defaults_are_the_field_defaults() -> None:
+    defaults = {f.name: f.default for f in dataclasses.fields(Settings)}
+    for v in settings.VARIABLES:
+        expected = defaults[v.field]
+        if v.default is None:
+            assert expected is None, v.name
+        else:
+            value = v.parse(v.default, v.name)
+            assert value == expected and type(value) is type(expected), v.name
+        assert not (v.required and v.default is not None), v.name
+
+
+def test_required_for_serve_keeps_its_order() -> None:
+    assert settings.REQUIRED_FOR_SERVE == (
+        "PAYFLOW_WECHAT_MCHID", "PAYFLOW_WECHAT_APPID", "PAYFLOW_WECHAT_MCH_SERIAL", "PAYFLOW_WECHAT_MCH_KEY_FILE",
+        "PAYFLOW_WECHAT_APIV3_KEY", "PAYFLOW_WECHAT_PUBKEY_ID", "PAYFLOW_WECHAT_PUBKEY_FILE", "PAYFLOW_NOTIFY_URL",
+        "PAYFLOW_BACKEND_URL", "PAYFLOW_BACKEND_SECRET", "PAYFLOW_API_TOKEN", "PAYFLOW_ADMIN_TOKEN",
+    )
+    assert Settings.from_env({}).missing_for_serve() == list(settings.REQUIRED_FOR_SERVE)
+
+
+def test_the_contract_variables_come_before_the_additions() -> None:
+    # markdown_table() says "the variables from <first addition> down are additions"
+    flags = [v.contract for v in settings.VARIABLES]
+    assert flags == sorted(flags, reverse=True)
+
+
+def test_readme_table_is_the_settings_table() -> None:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    start = readme.index("<!-- settings-table:start")
+    start = readme.index("-->", start) + len("-->")
+    end = readme.index("<!-- settings-table:end -->", start)
+    assert readme[start:end].strip() == settings.markdown_table(), (
+        "README's configuration table has drifted from payflow/settings.py VARIABLES: "
+        "paste settings.markdown_table() between the settings-table markers")
+
+
+def test_serve_help_lists_every_variable(capsys: pytest.CaptureFixture[str]) -> None:
+    spec = importlib.util.spec_from_file_location("run_cli", ROOT / "run.py")
+    assert spec is not None and spec.loader is not None
+    run_cli = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(run_cli)
+    with pytest.raises(SystemExit) as info:
+        run_cli.main(["serve", "--help"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    assert settings.help_text() in out
+    listed = [line.split()[0] for line in out.splitlines() if line.startswith("  PAYFLOW_")]
+    assert listed == [v.name for v in settings.VARIABLES]
+
+
+def test_help_text_gives_each_default_or_says_required() -> None:
+    entries = re.split(r"\n(?=  PAYFLOW_)", settings.help_text())[1:]
+    for v, entry in zip(settings.VARIABLES, entries, strict=True):
+        words = " ".join(entry.split())
+        assert words.startswith(f"{v.name} ") and "`" not in words
+        default = v.shown_default or v.default
+        assert words.endswith("(required)" if v.required else f"(default: {default})"), v.name

@@ -18,6 +18,8 @@ from aiohttp import web
 from payflow import devkeys, errors, logs
 from payflow.app import create_app
 from payflow.settings import Settings
+from simulator import backend as backend_sim
+from simulator.wechat.app import create_app as create_wechat_sim
 
 log = logs.get_logger(__name__)
 
@@ -58,9 +60,6 @@ async def serve_dev(
     on_ready: Callable[[dict[str, str]], None] | None = None,
 ) -> None:
     """Serve payflow and both simulators until `stop` (or SIGINT/SIGTERM); `on_ready` gets the URLs."""
-    from simulator import backend as backend_sim
-    from simulator.wechat.app import create_app as create_wechat_sim
-
     keys = devkeys.load_keyset(directory) if (directory / "keys.json").exists() else devkeys.write_keyset(directory)
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()

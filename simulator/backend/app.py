@@ -1,14 +1,11 @@
-"""The business backend ("server1") simulator: verifies payflow's signed paid events (DESIGN §6.3),
+"""The business backend ("server1") simulator's app: verifies payflow's signed paid events (DESIGN §6.3),
 keeps an idempotent ledger of orders, and injects the faults of a `BackendFaults` plan.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
-import signal
-import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -16,18 +13,11 @@ from aiohttp import web
 
 from payflow import devkeys, logs, signing
 from payflow.clock import Clock, SystemClock
-from simulator.backend_faults import BackendFaults, FaultInjector, FaultPlanError, Sleep
-from simulator.backend_ledger import Decision, InvalidInput, Ledger, LedgerError, Outcome, PaidEvent, text_field
+from simulator.backend.appkeys import CLOCK, FAULTS, LEDGER, SECRET
+from simulator.backend.faults import BackendFaults, FaultInjector, FaultPlanError, Sleep
+from simulator.backend.ledger import Decision, InvalidInput, Ledger, LedgerError, Outcome, PaidEvent, text_field
 
 log = logs.get_logger(__name__)
-
-EXIT_CONFIG = 2
-
-
-LEDGER = web.AppKey("backend_sim.ledger", Ledger)
-FAULTS = web.AppKey("backend_sim.faults", FaultInjector)
-SECRET = web.AppKey("backend_sim.secret", str)
-CLOCK: web.AppKey[Clock] = web.AppKey("backend_sim.clock")
 
 
 class _HttpError(Exception):
@@ -229,70 +219,3 @@ def create_app(
     app.router.add_get("/sim/v1/faults", get_faults)
     app.router.add_put("/sim/v1/faults", put_faults)
     return app
-
-
-async def serve(
-    secret: str,
-    *,
-    host: str = "127.0.0.1",
-    port: int = devkeys.DEFAULT_BACKEND_SIM_PORT,
-    faults: BackendFaults | None = None,
-    seed: int = 0,
-    stop: asyncio.Event | None = None,
-) -> None:
-    """Serve until `stop` is set; without `stop`, until SIGINT/SIGTERM (handlers installed only then)."""
-    own_signals = stop is None
-    stop = stop or asyncio.Event()
-    loop = asyncio.get_running_loop()
-    if own_signals:
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(signum, stop.set)
-    app = create_app(secret, faults=faults, seed=seed)
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
-    await runner.setup()
-    try:
-        await web.TCPSite(runner, host, port).start()
-        # With port 0 the OS picks; this line is how a supervisor (or a test) learns the real port.
-        addresses = [f"{a[0]}:{a[1]}" for a in runner.addresses]
-        log.info("backend_sim.listening", addresses=addresses, path=devkeys.BACKEND_SIM_PATH, seed=seed,
-                 faults=(faults or BackendFaults()).to_json())
-        await stop.wait()
-        log.info("backend_sim.stopping")
-    finally:
-        await runner.cleanup()
-        if own_signals:
-            for signum in (signal.SIGINT, signal.SIGTERM):
-                loop.remove_signal_handler(signum)
-    log.info("backend_sim.stopped")
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--keys", required=True, metavar="DIR", help="key directory written by `run.py keys`")
-    parser.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
-    parser.add_argument("--port", type=int, default=devkeys.DEFAULT_BACKEND_SIM_PORT,
-                        help=f"port (default {devkeys.DEFAULT_BACKEND_SIM_PORT}; 0 picks a free one)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the fault dice (default 0)")
-    BackendFaults.add_arguments(parser)
-
-
-def main(args: argparse.Namespace) -> int:
-    """`run.py backend-sim`: exit 2 on a bad key directory or fault plan, 1 if it cannot bind, else 0."""
-    try:
-        keys = devkeys.load_keyset(args.keys)
-        faults = BackendFaults.from_args(args)
-    except (devkeys.KeySetError, FaultPlanError) as exc:
-        print(f"backend-sim: cannot start: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
-    logs.configure_logging()
-    try:
-        asyncio.run(serve(keys.backend_secret, host=args.host, port=args.port, faults=faults, seed=args.seed))
-    except OSError as exc:
-        log.error("backend_sim.failed", error=str(exc))
-        return 1
-    return 0
-
-
-if __name__ == "__main__":
-    _parser = argparse.ArgumentParser(prog="python -m simulator.backend", description=__doc__)
-    add_arguments(_parser)
-    sys.exit(main(_parser.parse_args()))

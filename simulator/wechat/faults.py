@@ -1,4 +1,4 @@
-"""Fault plans for the simulators: `WechatFaults` (what may go wrong, validated, JSON and CLI forms)
+"""The WeChat simulator's fault plan: `WechatFaults` (what may go wrong, validated, JSON and CLI forms)
 and `FaultDice` (the seeded random streams that decide when it does)."""
 
 from __future__ import annotations
