@@ -89,7 +89,8 @@ def inspect(environ: Mapping[str, str], out_trade_no: str, *, as_json: bool) -> 
     except errors.StoreUnavailable as exc:
         return _fail(str(exc), command="inspect")
     if found is None:
-        return _fail(f"no payment with out_trade_no {out_trade_no!r} in {settings.database_url}", command="inspect")
+        return _fail(f"no payment with out_trade_no {out_trade_no!r} in {logs.redact_url(settings.database_url)}",
+                     command="inspect")
     payment, events = found
     if as_json:
         body = {"payment": {**payment.view(), "attempts": payment.attempts, "event_id": payment.event_id,

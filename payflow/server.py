@@ -14,11 +14,40 @@ from aiohttp import web
 
 from payflow import errors, logs
 from payflow.app import create_app
+from payflow.http import middlewares
 from payflow.settings import Settings
 
 log = logs.get_logger(__name__)
 
 EXIT_CONFIG = 2
+
+
+@dataclasses.dataclass(frozen=True)
+class ConnectionLimits:
+    """How long and how much a client may take on the public port (WeChat's notifications arrive on it), so
+    that slow or idle connections cannot pile up. Seconds and bytes.
+
+    aiohttp 3.14 has no header-read timeout of its own, but its keep-alive timer runs from the moment a
+    connection opens (and again from each answer) and is not pushed back by arriving bytes: `keepalive`
+    therefore bounds the idle time *and* the time to send a complete request head. `body` bounds reading the
+    body once the head is in (the middleware reads it, answering 408); after an early answer aiohttp drains an
+    unread body for at most `lingering`. Not bounded here: how slowly a client reads the (small) answer.
+    The sizes are aiohttp's defaults (a longer line or field is a 400), spelled out to be settable."""
+
+    keepalive: float = 15.0
+    body: float = middlewares.DEFAULT_BODY_TIMEOUT
+    lingering: float = 2.0
+    max_line_size: int = 8190
+    max_field_size: int = 8190
+    max_headers: int = 128
+
+
+def make_runner(app: web.Application, limits: ConnectionLimits) -> web.AppRunner:
+    """The runner `serve` runs `app` with: aiohttp's connection limits, and the body deadline for the middleware."""
+    app[middlewares.BODY_TIMEOUT] = limits.body
+    return web.AppRunner(app, access_log=None, handle_signals=False, keepalive_timeout=limits.keepalive,
+                         lingering_time=limits.lingering, max_line_size=limits.max_line_size,
+                         max_field_size=limits.max_field_size, max_headers=limits.max_headers)
 
 
 def check_serve_settings(settings: Settings) -> list[str]:
@@ -35,7 +64,8 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
     return Settings.from_env(environ)
 
 
-async def serve(settings: Settings, stop: asyncio.Event | None = None, *, tune_gc: bool = False) -> None:
+async def serve(settings: Settings, stop: asyncio.Event | None = None, *, tune_gc: bool = False,
+                limits: ConnectionLimits = ConnectionLimits()) -> None:
     """Serve until `stop` is set (SIGINT/SIGTERM set it). Cleanup contexts close in reverse order.
 
     `tune_gc` (the `serve` command; not for callers sharing the process) freezes what startup built and
@@ -46,14 +76,14 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None, *, tune_g
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
     app = create_app(settings)
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    runner = make_runner(app, limits)
     await runner.setup()
     try:
         site = web.TCPSite(runner, settings.host, settings.port)
         await site.start()
         # With port 0 the OS picks; the log line is how a supervisor (or a test) learns the real port.
         addresses = [f"{a[0]}:{a[1]}" for a in runner.addresses]
-        log.info("serve.listening", addresses=addresses, database=settings.database_url)
+        log.info("serve.listening", addresses=addresses, database=logs.redact_url(settings.database_url))
         if tune_gc:
             _tune_gc()
         await stop.wait()

@@ -9,12 +9,14 @@ from __future__ import annotations
 import hashlib
 import hmac
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 TIMESTAMP_HEADER = "Payflow-Timestamp"
 SIGNATURE_HEADER = "Payflow-Signature"
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 SCHEME = "v1"
+# Seconds since 1970 have 10 digits until 2286; far more could not be compared with a float clock.
+_MAX_TIMESTAMP_DIGITS = 15
 
 
 class InvalidSignature(Exception):
@@ -22,9 +24,7 @@ class InvalidSignature(Exception):
 
 
 def signature(secret: str | bytes, timestamp: int | str, raw_body: bytes) -> str:
-    key = secret.encode() if isinstance(secret, str) else secret
-    mac = hmac.new(key, str(timestamp).encode() + b"." + raw_body, hashlib.sha256)
-    return f"{SCHEME}={mac.hexdigest()}"
+    return _mac(secret.encode() if isinstance(secret, str) else secret, str(timestamp), raw_body)
 
 
 def sign_headers(secret: str | bytes, raw_body: bytes, event_id: str, *, now: float | None = None) -> dict[str, str]:
@@ -48,17 +48,51 @@ def verify_signature(
 ) -> None:
     """Raise `InvalidSignature` unless the body was signed with `secret` within `tolerance` seconds.
 
-    Several `v1=` values separated by commas are accepted (room for secret rotation).
+    Several `v1=` values separated by commas are accepted (room for secret rotation). Whatever the headers
+    hold (absent, not text, non-ASCII, lone surrogates), nothing but `InvalidSignature` is raised.
     """
-    lookup = {k.lower(): v for k, v in headers.items()}
+    lookup = _text_headers(headers)
     timestamp = lookup.get(TIMESTAMP_HEADER.lower(), "")
     presented = lookup.get(SIGNATURE_HEADER.lower(), "")
-    if not timestamp.isdigit() or not presented:
+    # str.isdigit() also accepts "²" (which int() refuses) and "١" (which int() reads); the signer sends ASCII.
+    if not (timestamp.isascii() and timestamp.isdigit() and len(timestamp) <= _MAX_TIMESTAMP_DIGITS) or not presented:
         raise InvalidSignature("missing or malformed Payflow-Timestamp / Payflow-Signature")
+    if not isinstance(raw_body, bytes | bytearray | memoryview):
+        raise InvalidSignature(f"raw_body must be the request's raw bytes, not {type(raw_body).__name__}")
     current = time.time() if now is None else now
     if abs(current - int(timestamp)) > tolerance:
         raise InvalidSignature(f"timestamp {timestamp} is more than {tolerance}s away from now")
-    expected = signature(secret, timestamp, raw_body)
-    candidates = [part.strip() for part in presented.split(",")]
+    expected = _mac(_key(secret), timestamp, bytes(raw_body)).encode()
+    # Compared as bytes: compare_digest refuses str with non-ASCII characters; surrogatepass encodes any str.
+    candidates = [part.strip().encode("utf-8", "surrogatepass") for part in presented.split(",")]
     if not any(hmac.compare_digest(expected, c) for c in candidates):
         raise InvalidSignature("signature does not match")
+
+
+def _text_headers(headers: object) -> dict[str, str]:
+    """The headers whose name and value are text, by lower-cased name; nothing when `headers` is no mapping."""
+    items = getattr(headers, "items", None)
+    if not callable(items):
+        return {}
+    pairs: Iterable[object] = items()
+    found: dict[str, str] = {}
+    for pair in pairs:
+        if isinstance(pair, tuple) and len(pair) == 2 and isinstance(pair[0], str) and isinstance(pair[1], str):
+            found[pair[0].lower()] = pair[1]
+    return found
+
+
+def _key(secret: object) -> bytes:
+    if isinstance(secret, bytes):
+        return secret
+    if isinstance(secret, str):
+        try:
+            return secret.encode()
+        except UnicodeEncodeError:
+            raise InvalidSignature("the secret is not valid text (lone surrogates)") from None
+    raise InvalidSignature(f"the secret must be str or bytes, not {type(secret).__name__}")
+
+
+def _mac(key: bytes, timestamp: str, raw_body: bytes) -> str:
+    mac = hmac.new(key, timestamp.encode() + b"." + raw_body, hashlib.sha256)
+    return f"{SCHEME}={mac.hexdigest()}"
