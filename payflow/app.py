@@ -13,7 +13,7 @@ from payflow.backend import Backend, BackendClient
 from payflow.clock import Clock
 from payflow.http import keys, middlewares, routes
 from payflow.metrics import Metrics
-from payflow.ratelimit import RateLimiter
+from payflow.ratelimit import Priority, RateLimiter
 from payflow.reconcile import DailySchedule, Reconciler
 from payflow.service import PaymentService
 from payflow.service.unconfigured import UnconfiguredBackend, UnconfiguredWechat
@@ -59,8 +59,11 @@ def _owned(stack: contextlib.AsyncExitStack, client: _C | None) -> _C | None:
 def _wechat_client(settings: Settings, metrics: Metrics) -> WechatPayClient | None:
     if _missing_wechat(settings):
         return None
+    # A payer waits for WeChat's budget at most half the call timeout (so a create answers within about
+    # PAYFLOW_WECHAT_TIMEOUT); background work at most half a lease (a claimed payment is never held).
+    waits = {Priority.PAYER: settings.wechat_timeout / 2, Priority.BACKGROUND: settings.lease / 2}
     return WechatPayClient.from_settings(settings, timeout=settings.wechat_timeout,
-                                         limiter=RateLimiter(settings.wechat_rate), metrics=metrics)
+                                         limiter=RateLimiter(settings.wechat_rate, waits=waits), metrics=metrics)
 
 
 def _backend_client(settings: Settings) -> BackendClient | None:

@@ -10,8 +10,9 @@ import dataclasses
 import datetime as dt
 from typing import Any, Protocol
 
-from payflow import errors, logs, models
+from payflow import errors, logs, models, ratelimit
 from payflow.clock import SHANGHAI
+from payflow.ratelimit import Priority
 from payflow.service import PaymentService
 from payflow.states import Source, State
 from payflow.wechat.api import Transaction
@@ -69,7 +70,7 @@ class Reconciler:
         run_id = await self.store.start_reconciliation(bill_date, self.service.now())
         if run_id is None:
             raise ReconcileFailed(f"a reconciliation of {bill_date} is already running (another replica?)")
-        with logs.bound(bill_date=bill_date.isoformat(), run_id=run_id):
+        with logs.bound(bill_date=bill_date.isoformat(), run_id=run_id), ratelimit.priority(Priority.BACKGROUND):
             try:
                 info = await self.bills.trade_bill(bill_date, gzip=True)
                 data = await self.bills.download_bill(info)

@@ -10,7 +10,8 @@ import collections
 import dataclasses
 import time
 
-from payflow import logs, models
+from payflow import logs, models, ratelimit
+from payflow.ratelimit import Priority
 from payflow.service import PaymentService
 
 log = logs.get_logger(__name__)
@@ -51,7 +52,8 @@ class Sweeper:
                     outcomes["left_for_later"] += 1
                     return
                 try:
-                    outcomes[await self.service.sweep(payment)] += 1
+                    with ratelimit.priority(Priority.BACKGROUND):  # payers' WeChat calls go first
+                        outcomes[await self.service.sweep(payment)] += 1
                 except Exception as exc:  # noqa: BLE001 — logged with context; the lease makes it due again
                     outcomes["failed"] += 1
                     log.error("sweep.payment_failed", out_trade_no=payment.out_trade_no,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import math
 import re
 from collections.abc import Awaitable, Callable
 from typing import Any, Literal
@@ -12,12 +13,13 @@ from aiohttp import web
 
 from payflow import errors, logs, tokens
 from payflow.http import keys
+from payflow.ratelimit import Throttled
 from payflow.wechat.notify import NotificationRejected
 
 log = logs.get_logger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-AuthLevel = Literal["api", "admin"]
+AuthLevel = Literal["api", "admin", "metrics"]
 
 _REQUEST_ID = re.compile(r"^[0-9A-Za-z._-]{1,64}$")
 NOTIFY_PATH = "/v1/wechat/notify"
@@ -113,7 +115,10 @@ def _payflow_error(request: web.Request, exc: errors.PayflowError) -> web.Respon
         log.warning("request.failed", status=status, error=exc.code, message=str(exc))
     # A driver's message names hosts, ports and paths: the log has it; /readyz and WeChat get a fixed one.
     message = "store unavailable" if isinstance(exc, errors.StoreUnavailable) else str(exc)
-    return _error(request, status, exc.code, message, **extra)
+    response = _error(request, status, exc.code, message, **extra)
+    if isinstance(exc, Throttled):
+        response.headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after)))
+    return response
 
 
 def _http_error(request: web.Request, exc: web.HTTPException) -> web.Response:
@@ -134,8 +139,13 @@ def _authenticate(request: web.Request) -> None:
     if level is None:
         return
     settings = request.app[keys.SETTINGS]
+    if level == "metrics":
+        if settings.metrics_token is None:
+            return  # scrapes are open unless PAYFLOW_METRICS_TOKEN is set
+        allowed = [settings.metrics_token, settings.admin_token]
+    else:
+        allowed = [settings.admin_token] if level == "admin" else [settings.api_token, settings.admin_token]
     presented = _bearer(request)
-    allowed = [settings.admin_token] if level == "admin" else [settings.api_token, settings.admin_token]
     # Compare against every configured token (constant time each) so timing says nothing about which.
     matches = [hmac.compare_digest(presented, _octets(token)) for token in allowed if token]
     if presented == b"" or not any(matches):

@@ -199,7 +199,7 @@ SCHEMAS: dict[str, Schema] = {
     "UnsupportedMediaType": _error(["unsupported_media_type"]),
     "InvalidRequest": _error(["invalid_request"]),
     "WechatRejected": _error(["wechat_rejected"]),
-    "Unavailable": _error(["wechat_unavailable", "store_unavailable", "not_configured"]),
+    "Unavailable": _error(["wechat_unavailable", "wechat_throttled", "store_unavailable", "not_configured"]),
 }
 
 _HEADERS = {"X-Request-Id": {"$ref": "#/components/headers/RequestId"}}
@@ -329,9 +329,10 @@ PATHS: dict[str, Schema] = {
         "Readiness: the store answers",
         _responses({"200": _json("ready", "Ready")}, "503"), tag="ops", operationId="readyz")},
     "/metrics": {"get": _operation(
-        "Prometheus metrics; the gauges are read from the store at scrape time",
+        "Prometheus metrics; the store's gauges are read at most every few seconds, whoever scrapes. Open "
+        "unless PAYFLOW_METRICS_TOKEN is set; then that bearer token (or the admin token) is required",
         _responses({"200": {"description": "Prometheus text exposition format 0.0.4", "headers": _HEADERS,
-                            "content": {"text/plain": {"schema": {"type": "string"}}}}}, "503"),
+                            "content": {"text/plain": {"schema": {"type": "string"}}}}}, "401", "503"),
         tag="ops", operationId="metrics")},
     "/openapi.json": {"get": _operation(
         "This document", {"200": {"description": "OpenAPI 3.0.3", "headers": _HEADERS,

@@ -10,7 +10,8 @@ import dataclasses
 import datetime as dt
 import json
 
-from payflow import errors, logs, models
+from payflow import errors, logs, models, ratelimit
+from payflow.ratelimit import Priority
 from payflow.service.core import Core
 from payflow.service.paid import Paid
 from payflow.states import Source, State
@@ -77,7 +78,8 @@ class Reads:
 
     async def _query(self, out_trade_no: str) -> None:
         try:
-            txn = await self.wechat.query(out_trade_no)
+            with ratelimit.priority(Priority.READ):  # never waits: no budget now → the stored state
+                txn = await self.wechat.query(out_trade_no)
             if txn is not None and txn.trade_state == "SUCCESS":
                 with logs.bound(out_trade_no=out_trade_no):
                     await self.paid.confirm_paid(txn, Source.QUERY)

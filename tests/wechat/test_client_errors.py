@@ -125,7 +125,7 @@ async def test_rate_limit_pauses_the_shared_limiter(client: WechatPayClient, key
         mocked.post(JSAPI, **_json(keyset, 429, {"code": "FREQUENCY_LIMITED", "message": "slow"}))
         with pytest.raises(errors.WechatRetryable):
             await client.place_jsapi(ORDER)
-    assert client.limiter._paused_until > 0
+    assert client.limiter.paused_for > 0
 
 
 async def test_query_shapes(client: WechatPayClient, keyset: KeySet) -> None:
