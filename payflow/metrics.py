@@ -5,6 +5,7 @@ One `Metrics` (and registry) per app, so tests and several apps in one process n
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 from collections.abc import Iterator
 
@@ -17,12 +18,17 @@ from payflow.store import PaymentStore
 __all__ = ["CONTENT_TYPE", "Metrics"]
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
+# The store's gauges are read at most this often, whoever scrapes: a scrape costs no query in between.
+GAUGES_MAX_AGE = 5.0
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
 class Metrics:
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+    def __init__(self, registry: CollectorRegistry | None = None, *, gauges_max_age: float = GAUGES_MAX_AGE) -> None:
         self.registry = registry or CollectorRegistry()
+        self._gauges_max_age = gauges_max_age
+        self._gauges_read_at: dt.datetime | None = None  # by the service's clock
+        self._reading: asyncio.Task[None] | None = None  # the store read in flight, shared by every scrape
         r = self.registry
         self.payments = Gauge("payflow_payments", "Payments by state.", ["state"], registry=r)
         self.needs_review = Gauge("payflow_needs_review", "Payments parked for a person.", registry=r)
@@ -43,6 +49,18 @@ class Metrics:
                                      "Reconciliation discrepancies found, by category.", ["category"], registry=r)
 
     async def refresh(self, store: PaymentStore, now: dt.datetime) -> None:
+        """Bring the store's gauges up to date: at most one read per `gauges_max_age`, and scrapes that
+        arrive while it runs share it. (Each costs an index scan: anonymous scrapers must not be able to
+        keep the store busy.)"""
+        read_at = self._gauges_read_at
+        if read_at is not None and 0 <= (now - read_at).total_seconds() < self._gauges_max_age:
+            return
+        if self._reading is None or self._reading.done():
+            self._reading = asyncio.get_running_loop().create_task(self._read_gauges(store, now),
+                                                                   name="metrics-gauges")
+        await asyncio.shield(self._reading)
+
+    async def _read_gauges(self, store: PaymentStore, now: dt.datetime) -> None:
         """Read the gauges that belong to the store (several replicas share it, so each reports all)."""
         counts = await store.count_by_state()
         for state in State:
@@ -51,6 +69,7 @@ class Metrics:
         due, oldest = await store.due_stats(now)
         self.due_backlog.set(due)
         self.oldest_due.set(max(0.0, (now - oldest).total_seconds()) if oldest is not None else 0.0)
+        self._gauges_read_at = now
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

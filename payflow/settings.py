@@ -61,6 +61,7 @@ class Settings:
     backend_secret: str | None = dataclasses.field(default=None, repr=False)
     api_token: str | None = dataclasses.field(default=None, repr=False)
     admin_token: str | None = dataclasses.field(default=None, repr=False)
+    metrics_token: str | None = dataclasses.field(default=None, repr=False)
     query_schedule: tuple[float, ...] = parse_schedule(DEFAULT_QUERY_SCHEDULE)
     forward_schedule: tuple[float, ...] = parse_schedule(DEFAULT_FORWARD_SCHEDULE)
     payment_ttl: float = 2 * 3600.0
@@ -280,6 +281,9 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("PAYFLOW_FORWARD_CONCURRENCY", "forward_concurrency", _forward_concurrency, "16",
              "first forwards one process keeps in flight to the backend (1 while WeChat notifications are in "
              "flight)", contract=False),
+    Variable("PAYFLOW_METRICS_TOKEN", "metrics_token", _text, None,
+             "bearer token `GET /metrics` requires (the admin token works too); unset, scrapes are open",
+             contract=False, shown_default="unset: open"),
 )
 
 # What `serve` cannot run without (WeChat and backend wiring, tokens).

@@ -76,6 +76,7 @@ async def wechat_notify(request: web.Request) -> web.Response:
     return web.Response(status=204)
 
 
+@requires("metrics")
 async def metrics(request: web.Request) -> web.Response:
     collected = request.app[keys.METRICS]
     await collected.refresh(request.app[keys.STORE], request.app[keys.SERVICE].now())

@@ -6,6 +6,7 @@ import datetime as dt
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from payflow.metrics import GAUGES_MAX_AGE
 from payflow.reconcile import Reconciler
 from tests import notifications as wx
 from tests.e2e.conftest import World
@@ -48,6 +49,9 @@ async def test_backlog_and_oldest_due_age(world: World) -> None:
     assert m[("payflow_sweep_due_backlog", ())] == 1
     assert m[("payflow_sweep_oldest_due_age_seconds", ())] == 70
     await world.sweep()
+    m = await _scrape(world)
+    assert m[("payflow_sweep_due_backlog", ())] == 1  # the store's gauges are read at most every 5 s
+    world.advance(GAUGES_MAX_AGE)
     m = await _scrape(world)
     assert m[("payflow_sweep_due_backlog", ())] == 0 and m[("payflow_sweep_pass_seconds_count", ())] == 1
 
