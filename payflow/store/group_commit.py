@@ -8,6 +8,8 @@ of a notification. That is safe because a write that fails before changing a row
 statements are atomic on their own); the rare write that fails after changing rows is caught by the
 connection's change counter, and its batch is rolled back and applied again with a savepoint per write.
 A caller is answered only after COMMIT returned, so an acknowledged write is on disk (synchronous=FULL).
+
+The writer owns its plain sqlite3 connection and the one thread that opens, BEGINs, COMMITs and closes it.
 """
 
 from __future__ import annotations
@@ -17,16 +19,15 @@ import collections
 import dataclasses
 import sqlite3
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, TypeVar
-
-import aiosqlite
 
 from payflow import errors, logs
 
 log = logs.get_logger(__name__)
 
 T = TypeVar("T")
-Work = Callable[[sqlite3.Connection], Any]  # runs on the connection's thread, inside the batch transaction
+Work = Callable[[sqlite3.Connection], Any]  # runs inside the batch transaction, on the loop or the writer's thread
 
 MAX_BATCH = 256
 
@@ -45,8 +46,10 @@ class Stats:
 
 
 class GroupCommitWriter:
-    def __init__(self, db: aiosqlite.Connection, *, max_batch: int = MAX_BATCH) -> None:
-        self._db = db
+    def __init__(self, conn: sqlite3.Connection, executor: ThreadPoolExecutor, *, max_batch: int = MAX_BATCH) -> None:
+        """Takes over `conn` and `executor` (one thread: the only one that blocks on `conn`); see `open`."""
+        self._conn = conn
+        self._executor = executor
         self._max_batch = max_batch
         # Writes waiting for the next batch. A plain deque and one wake-up future rather than an
         # asyncio.Queue: the queue's bookkeeping (waiters, unfinished-task counts) cost a few µs per write.
@@ -54,7 +57,23 @@ class GroupCommitWriter:
         self._wakeup: asyncio.Future[None] | None = None  # set while the writer task waits for work
         self._task: asyncio.Task[None] | None = None
         self._closed = False
+        self._released = False  # the connection closed and the thread stopped
         self.stats = Stats()
+
+    @classmethod
+    async def open(cls, connect: Callable[[], sqlite3.Connection], *, max_batch: int = MAX_BATCH) -> GroupCommitWriter:
+        """A writer of the connection `connect` opens (blocking: it runs on the writer's new thread)."""
+        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="payflow-sqlite-writer")
+        opening = executor.submit(connect)
+        try:
+            conn = await asyncio.wrap_future(opening)
+        except BaseException:
+            # No thread outlives a failed open: after a failed connect it is idle and joins at once; cancelled
+            # mid-connect, it closes what it opened and then stops by itself.
+            executor.submit(_close_opened, opening)
+            executor.shutdown(wait=opening.done())
+            raise
+        return cls(conn, executor, max_batch=max_batch)
 
     async def submit(self, work: Callable[[sqlite3.Connection], T]) -> T:
         """Run `work` in the next batch and return its result once that batch is committed."""
@@ -75,15 +94,23 @@ class GroupCommitWriter:
         return future
 
     async def close(self) -> None:
-        """Finish what is queued, then stop."""
+        """Finish what is queued, then close the connection and stop the thread."""
         self._closed = True
         if self._task is not None:
             self._wake()
             # wait() rather than await: a writer that died (cancelled, or a bug) must not stop the caller
-            # from closing the connections after it.
+            # from closing the connection after it.
             await asyncio.wait({self._task})
             if not self._task.cancelled() and self._task.exception() is not None:
                 log.error("store.writer_failed", error=repr(self._task.exception()))
+        if self._released:
+            return
+        self._released = True
+        try:
+            # Queued behind whatever the thread still runs (a hop the writer was cancelled in), never beside it.
+            await asyncio.get_running_loop().run_in_executor(self._executor, self._conn.close)
+        finally:
+            self._executor.shutdown(wait=True)  # idle now that the close ran: the join is immediate
 
     def _wake(self) -> None:
         if self._wakeup is not None and not self._wakeup.done():
@@ -115,13 +142,14 @@ class GroupCommitWriter:
 
     async def _commit(self, batch: list[_Item]) -> None:
         live = [item for item in batch if not item.future.cancelled()]  # a caller gone before: apply nothing
-        conn = self._db._conn  # aiosqlite has no public API for any of this
+        works = [item.work for item in live]
+        loop = asyncio.get_running_loop()
         try:
             if len(live) <= 1:
-                # A lone write (a quiet moment): all of it on the connection's thread, one hop there and back.
-                outcomes = await self._db._execute(_run_alone, conn, [item.work for item in live])
+                # A lone write (a quiet moment): all of it on the writer's thread, one hop there and back.
+                outcomes = await loop.run_in_executor(self._executor, _run_alone, self._conn, works)
             else:
-                outcomes = await self._apply_on_loop(conn, [item.work for item in live])
+                outcomes = await self._apply_on_loop(loop, works)
         except sqlite3.Error as exc:
             # The batch as a whole did not commit: nobody may be told their write succeeded.
             failure = errors.StoreUnavailable(f"SQLite commit failed: {exc}")
@@ -141,24 +169,25 @@ class GroupCommitWriter:
             else:
                 item.future.set_exception(value)
 
-    async def _apply_on_loop(self, conn: sqlite3.Connection, works: list[Work]) -> list[tuple[bool, Any]]:
+    async def _apply_on_loop(self, loop: asyncio.AbstractEventLoop, works: list[Work]) -> list[tuple[bool, Any]]:
         """BEGIN IMMEDIATE may wait for another process's write lock (busy_timeout), and COMMIT waits for the
-        fsync: both run on the connection's thread. The writes in between only touch pages in memory, so they
+        fsync: both run on the writer's thread. The writes in between only touch pages in memory, so they
         run here on the event loop: no thread hop or GIL handoff per statement, and the Python of each write
         (decisions, row mapping, JSON) is not held up behind the busy loop's, as it is on another thread."""
-        await self._db._execute(conn.execute, "BEGIN IMMEDIATE")
+        conn, executor = self._conn, self._executor
+        await loop.run_in_executor(executor, conn.execute, "BEGIN IMMEDIATE")
         try:
             outcomes = _apply_all(conn, works)
         except _HalfWritten:
             _rollback(conn)  # releases the lock; the isolated pass takes it again on the thread
-            return await self._db._execute(_in_transaction, conn, _apply_isolated, works)  # type: ignore[no-any-return]
+            return await loop.run_in_executor(executor, _in_transaction, conn, _apply_isolated, works)
         except BaseException:
-            await self._db._execute(_rollback, conn)
+            await loop.run_in_executor(executor, _rollback, conn)
             raise
         try:
-            await self._db._execute(conn.execute, "COMMIT")
+            await loop.run_in_executor(executor, conn.execute, "COMMIT")
         except BaseException:
-            await self._db._execute(_rollback, conn)
+            await loop.run_in_executor(executor, _rollback, conn)
             raise
         return outcomes
 
@@ -205,7 +234,7 @@ def _apply_isolated(conn: sqlite3.Connection, works: list[Work]) -> list[tuple[b
 
 
 def _run_alone(conn: sqlite3.Connection, works: list[Work]) -> list[tuple[bool, Any]]:
-    """On the connection's thread: BEGIN, the writes, COMMIT (again with savepoints if one half-failed)."""
+    """On the writer's thread: BEGIN, the writes, COMMIT (again with savepoints if one half-failed)."""
     try:
         return _in_transaction(conn, _apply_all, works)
     except _HalfWritten:
@@ -214,7 +243,7 @@ def _run_alone(conn: sqlite3.Connection, works: list[Work]) -> list[tuple[bool, 
 
 def _in_transaction(conn: sqlite3.Connection, apply: Callable[[sqlite3.Connection, list[Work]], list[tuple[bool, Any]]],
                     works: list[Work]) -> list[tuple[bool, Any]]:
-    """On the connection's thread: BEGIN, `apply` the writes, COMMIT; rolled back if anything escapes."""
+    """On the writer's thread: BEGIN, `apply` the writes, COMMIT; rolled back if anything escapes."""
     conn.execute("BEGIN IMMEDIATE")
     try:
         outcomes = apply(conn, works)
@@ -228,6 +257,12 @@ def _in_transaction(conn: sqlite3.Connection, apply: Callable[[sqlite3.Connectio
 def _rollback(conn: sqlite3.Connection) -> None:
     if conn.in_transaction:
         conn.execute("ROLLBACK")
+
+
+def _close_opened(opening: Future[sqlite3.Connection]) -> None:
+    """On the writer's thread, after `opening` ran (or was cancelled before it could)."""
+    if not opening.cancelled() and opening.exception() is None:
+        opening.result().close()
 
 
 def _store_error(exc: Exception) -> Exception:

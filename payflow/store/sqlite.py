@@ -1,13 +1,15 @@
-"""SQLite backend of `PaymentStore`: aiosqlite, WAL with synchronous=FULL, migrations by user_version.
+"""SQLite backend of `PaymentStore`: WAL with synchronous=FULL, migrations by user_version.
 
 Writes go through one group-commit writer (all writes queued during a commit share the next one, and
-a failed write fails alone; see group_commit); reads use a second connection, so they never see another write's
-uncommitted state and never queue behind a commit.
+a failed write fails alone; see group_commit), which owns a plain sqlite3 connection and its thread; reads
+use a second connection (aiosqlite), so they never see another write's uncommitted state and never queue
+behind a commit.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 import operator
 import secrets
@@ -27,6 +29,7 @@ from payflow.store.sqlite_schema import (
     PAYMENT_FIELDS,
     SELECT_PAYMENT,
     connect,
+    connect_reader,
     event_row,
     from_ts,
     insert_event,
@@ -43,30 +46,29 @@ __all__ = ["MIGRATIONS", "SqliteStore"]
 
 
 class SqliteStore(PaymentStore):
-    def __init__(self, path: str, writer: aiosqlite.Connection, reader: aiosqlite.Connection) -> None:
+    def __init__(self, path: str, writes: GroupCommitWriter, reader: aiosqlite.Connection) -> None:
         self.path = path
-        self._writer = writer
+        self.writes = writes
         self._reader = reader
-        self.writes = GroupCommitWriter(writer)
 
     @classmethod
     async def open(cls, path: str) -> SqliteStore:
         try:
-            writer = await connect(path)
+            writes = await GroupCommitWriter.open(functools.partial(_open_writer, path))
             try:
-                await migrate(writer)
-                reader = await connect(path)
+                reader = await connect_reader(path)
             except BaseException:
-                await writer.close()
+                await writes.close()
                 raise
         except sqlite3.Error as exc:
             raise errors.StoreUnavailable(f"cannot open SQLite store {path!r}: {exc}") from exc
-        return cls(path, writer, reader)
+        return cls(path, writes, reader)
 
     async def close(self) -> None:
-        await self.writes.close()  # what is queued still commits
-        await self._reader.close()
-        await self._writer.close()
+        try:
+            await self.writes.close()  # what is queued still commits
+        finally:
+            await self._reader.close()
 
     async def ping(self) -> None:
         try:
@@ -332,6 +334,17 @@ class SqliteStore(PaymentStore):
     async def get_notification(self, notification_id: str) -> models.Notification | None:
         rows = await self._fetchall("SELECT * FROM notifications WHERE notification_id = ?", (notification_id,))
         return notification_row(rows[0]) if rows else None
+
+
+def _open_writer(path: str) -> sqlite3.Connection:
+    """On the writer's thread: its connection, migrated before any write can reach it."""
+    db = connect(path)
+    try:
+        migrate(db)
+    except BaseException:
+        db.close()
+        raise
+    return db
 
 
 def _cas(

@@ -1,4 +1,4 @@
-"""SQLite schema (migrations by PRAGMA user_version), row conversions and statement helpers."""
+"""SQLite connections, schema (migrations by PRAGMA user_version), row conversions and statement helpers."""
 
 from __future__ import annotations
 
@@ -195,48 +195,72 @@ def to_json(value: Mapping[str, Any] | None) -> str:
     return _JSON.encode(value if value.__class__ is dict else dict(value or {}))
 
 
-async def connect(path: str) -> aiosqlite.Connection:
-    # Probe in a plain thread first: when aiosqlite's own connect fails, its worker thread may later
-    # report to an event loop that is already closed.
-    await asyncio.to_thread(lambda: sqlite3.connect(path).close())
-    # Not bound to one thread: the group-commit writer runs a batch's statements on the event loop and
-    # its BEGIN and COMMIT on aiosqlite's thread, one at a time (see group_commit).
-    db = await aiosqlite.connect(path, isolation_level=None, check_same_thread=False)
-    db.row_factory = sqlite3.Row
+PRAGMAS = (
     # Another process (a second replica starting, the CLI's `inspect`) may hold the write lock briefly.
-    await db.execute("PRAGMA busy_timeout = 10000")
-    await db.execute("PRAGMA journal_mode = WAL")
+    "PRAGMA busy_timeout = 10000",
+    "PRAGMA journal_mode = WAL",
     # FULL: a committed payment state survives power loss, not only a process crash.
-    await db.execute("PRAGMA synchronous = FULL")
-    await db.execute("PRAGMA foreign_keys = ON")
+    "PRAGMA synchronous = FULL",
+    "PRAGMA foreign_keys = ON",
     # 16 MiB instead of SQLite's 2 MiB: a group-commit batch dirties pages all over the payments, events
     # and notifications tables; with the small cache it spills them to the WAL mid-transaction and
     # reads them back.
-    await db.execute("PRAGMA cache_size = -16384")
+    "PRAGMA cache_size = -16384",
+)
+
+
+def connect(path: str) -> sqlite3.Connection:
+    """The write connection (blocking: the group-commit writer runs this on its own thread)."""
+    # Not bound to one thread: the group-commit writer runs a batch's statements on the event loop and
+    # its BEGIN and COMMIT on the writer's thread, one at a time (see group_commit).
+    db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    try:
+        db.row_factory = sqlite3.Row
+        for pragma in PRAGMAS:
+            db.execute(pragma)
+    except BaseException:
+        db.close()
+        raise
     return db
 
 
-async def migrate(db: aiosqlite.Connection) -> None:
-    # BEGIN IMMEDIATE takes the write lock first, so two processes starting together migrate once.
-    await db.execute("BEGIN IMMEDIATE")
+async def connect_reader(path: str) -> aiosqlite.Connection:
+    # Probe in a plain thread first: when aiosqlite's own connect fails, its worker thread may later
+    # report to an event loop that is already closed.
+    await asyncio.to_thread(lambda: sqlite3.connect(path).close())
+    db = await aiosqlite.connect(path, isolation_level=None, check_same_thread=False)
     try:
-        async with db.execute("PRAGMA user_version") as cursor:
-            (version,) = await cursor.fetchone()  # type: ignore[misc]
+        db.row_factory = sqlite3.Row
+        for pragma in PRAGMAS:
+            await db.execute(pragma)
+    except BaseException:
+        await db.close()  # and with it aiosqlite's thread
+        raise
+    return db
+
+
+def migrate(db: sqlite3.Connection) -> None:
+    # BEGIN IMMEDIATE takes the write lock first, so two processes starting together migrate once.
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        (version,) = db.execute("PRAGMA user_version").fetchone()
         if version > len(MIGRATIONS):
             raise errors.StoreUnavailable(
                 f"database schema v{version} is newer than this payflow (v{len(MIGRATIONS)}); upgrade payflow")
         for number in range(version, len(MIGRATIONS)):
             for statement in MIGRATIONS[number]:
-                await db.execute(statement)
-            await db.execute(f"PRAGMA user_version = {number + 1}")
+                db.execute(statement)
+            db.execute(f"PRAGMA user_version = {number + 1}")
     except BaseException:
-        await db.execute("ROLLBACK")
+        if db.in_transaction:  # not if SQLite already rolled back (disk full, I/O error)
+            db.execute("ROLLBACK")
         raise
-    await db.execute("COMMIT")
+    db.execute("COMMIT")
 
 
 def select_payment(db: sqlite3.Connection, out_trade_no: str) -> sqlite3.Row:
-    [row] = db.execute(SELECT_PAYMENT, (out_trade_no,)).fetchall()
+    rows: list[sqlite3.Row] = db.execute(SELECT_PAYMENT, (out_trade_no,)).fetchall()
+    [row] = rows
     return row
 
 

@@ -4,10 +4,12 @@ process killed mid-batch loses nothing it acknowledged and leaves nothing half-a
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import os
 import pathlib
 import signal
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -67,8 +69,10 @@ def _half_written(db: object) -> None:
     raise ValueError("failed after writing")
 
 
-async def _billed(store: SqliteStore) -> list[str]:
-    return [row[0] for row in await store._fetchall("SELECT out_trade_no FROM billed", ())]
+def _billed(store: SqliteStore) -> list[str]:
+    """What is committed, read by a connection of its own."""
+    with contextlib.closing(sqlite3.connect(store.path)) as db:
+        return [row[0] for row in db.execute("SELECT out_trade_no FROM billed")]
 
 
 async def test_a_write_that_fails_after_changing_rows_is_undone_alone(store: SqliteStore) -> None:
@@ -85,17 +89,17 @@ async def test_a_write_that_fails_after_changing_rows_is_undone_alone(store: Sql
     assert isinstance(results[0], type(a)) and results[0].state is State.PREPAID
     assert isinstance(results[1], ValueError)
     assert isinstance(results[2], type(c)) and results[2].state is State.CLOSED
-    assert await _billed(store) == []
+    assert _billed(store) == []
     assert (await store.get(a.out_trade_no)) == results[0] and (await store.get(c.out_trade_no)) == results[2]
     assert [e.trigger for e in await store.events(a.out_trade_no)] == ["create", "prepay"]  # applied once
 
-    # Alone in its batch: the same, on the connection's thread.
+    # Alone in its batch: the same, on the writer's thread.
     with pytest.raises(ValueError, match="after writing"):
         await store.writes.submit(_half_written)
-    assert await _billed(store) == []
+    assert _billed(store) == []
     await store.writes.submit(
         lambda db: db.execute("INSERT INTO billed (out_trade_no, bill_date) VALUES ('OK', '2026-11-26')"))
-    assert await _billed(store) == ["OK"]  # the connection is usable afterwards, outside any transaction
+    assert _billed(store) == ["OK"]  # the connection is usable afterwards, outside any transaction
 
 
 async def test_writes_queued_during_a_commit_share_the_next_one(store: SqliteStore) -> None:
@@ -124,8 +128,8 @@ async def test_writes_waiting_on_a_stopped_writer_fail_instead_of_hanging(store:
     queued = asyncio.ensure_future(
         store.transition(a, State.CLOSED, Trigger.CLOSE, source=Source.API, at=T0))
     await asyncio.sleep(0)  # both queued; the writer takes the first batch
-    assert store.writes._task is not None
-    store.writes._task.cancel()  # the writer dies mid-run (a bug, or a loop shut down under it)
+    [writer] = [task for task in asyncio.all_tasks() if task.get_name() == "sqlite-group-commit"]
+    writer.cancel()  # the writer dies mid-run (a bug, or a loop shut down under it, as asyncio.run does)
     results = await asyncio.wait_for(asyncio.gather(in_batch, queued, return_exceptions=True), 5)
     assert all(isinstance(r, errors.StoreUnavailable) for r in results), results
     with pytest.raises(errors.StoreUnavailable, match="stopped"):

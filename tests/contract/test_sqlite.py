@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import pathlib
 import sqlite3
+import threading
 
 import pytest
 
 from payflow import errors
 from payflow.store import open_store
-from payflow.store.sqlite import MIGRATIONS
+from payflow.store.sqlite import MIGRATIONS, SqliteStore
 from payflow.store.sqlite_schema import from_ts, ts
 
 
@@ -19,12 +21,20 @@ def _plan(path: pathlib.Path, sql: str) -> str:
         return " | ".join(row[3] for row in db.execute(f"EXPLAIN QUERY PLAN {sql}"))
 
 
+def _threads() -> set[threading.Thread]:
+    # The loop's default executor (asyncio_N) is the loop's, shut down with it, not the store's.
+    return {t for t in threading.enumerate() if not t.name.startswith("asyncio_")}
+
+
 async def test_wal_full_sync_and_schema_version(tmp_path: pathlib.Path) -> None:
     path = tmp_path / "p.db"
     store = await open_store(f"sqlite:///{path}")
+    assert isinstance(store, SqliteStore)
     try:
-        async with store._writer.execute("PRAGMA synchronous") as cursor:  # type: ignore[attr-defined]
-            assert (await cursor.fetchone())[0] == 2  # FULL
+        # Per-connection settings, so read on the writer's own connection (through the public submit()).
+        pragmas = await store.writes.submit(lambda db: [db.execute(f"PRAGMA {name}").fetchone()[0] for name in (
+            "synchronous", "busy_timeout", "foreign_keys", "cache_size")])
+        assert pragmas == [2, 10000, 1, -16384]  # FULL
     finally:
         await store.close()
     with sqlite3.connect(path) as db:
@@ -56,8 +66,33 @@ async def test_unsupported_urls_are_refused() -> None:
 
 
 async def test_unopenable_path_is_a_store_error(tmp_path: pathlib.Path) -> None:
+    before = _threads()
     with pytest.raises(errors.StoreUnavailable):
         await open_store(f"sqlite:///{tmp_path / 'missing-dir' / 'p.db'}")
+    assert _threads() == before  # the writer's thread did not outlive the failed open
+
+
+async def test_a_refused_schema_leaves_no_thread_or_lock_behind(tmp_path: pathlib.Path) -> None:
+    path = tmp_path / "p.db"
+    await (await open_store(f"sqlite:///{path}")).close()
+    with sqlite3.connect(path) as db:
+        db.execute(f"PRAGMA user_version = {len(MIGRATIONS) + 1}")
+    before = _threads()
+    with pytest.raises(errors.StoreUnavailable, match="newer"):
+        await open_store(f"sqlite:///{path}")
+    assert _threads() == before
+    with contextlib.closing(sqlite3.connect(path, timeout=0, isolation_level=None)) as db:
+        db.execute("BEGIN IMMEDIATE")  # the migration's write lock was released
+        db.execute("ROLLBACK")
+
+
+async def test_close_stops_every_thread_the_store_started(tmp_path: pathlib.Path) -> None:
+    before = _threads()
+    store = await open_store(f"sqlite:///{tmp_path / 'p.db'}")
+    assert len(_threads() - before) == 2  # the writer's, and the reader's (aiosqlite)
+    await store.close()
+    assert _threads() == before
+    await store.close()  # twice is harmless
 
 
 @pytest.mark.parametrize("moment", [
