@@ -19,10 +19,10 @@ import collections
 import dataclasses
 import sqlite3
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from payflow import errors, logs
+from payflow.store.writer_thread import WriterThread
 
 log = logs.get_logger(__name__)
 
@@ -46,10 +46,10 @@ class Stats:
 
 
 class GroupCommitWriter:
-    def __init__(self, conn: sqlite3.Connection, executor: ThreadPoolExecutor, *, max_batch: int = MAX_BATCH) -> None:
-        """Takes over `conn` and `executor` (one thread: the only one that blocks on `conn`); see `open`."""
+    def __init__(self, conn: sqlite3.Connection, thread: WriterThread, *, max_batch: int = MAX_BATCH) -> None:
+        """Takes over `conn` and `thread` (the only one that blocks on `conn`); see `open`."""
         self._conn = conn
-        self._executor = executor
+        self._thread = thread
         self._max_batch = max_batch
         # Writes waiting for the next batch. A plain deque and one wake-up future rather than an
         # asyncio.Queue: the queue's bookkeeping (waiters, unfinished-task counts) cost a few µs per write.
@@ -63,17 +63,23 @@ class GroupCommitWriter:
     @classmethod
     async def open(cls, connect: Callable[[], sqlite3.Connection], *, max_batch: int = MAX_BATCH) -> GroupCommitWriter:
         """A writer of the connection `connect` opens (blocking: it runs on the writer's new thread)."""
-        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="payflow-sqlite-writer")
-        opening = executor.submit(connect)
+        thread = WriterThread("payflow-sqlite-writer")
+        opened: list[sqlite3.Connection] = []
+
+        def connect_once() -> sqlite3.Connection:
+            conn = connect()
+            opened.append(conn)
+            return conn
+
         try:
-            conn = await asyncio.wrap_future(opening)
-        except BaseException:
+            conn = await thread.run(connect_once)
+        except BaseException as exc:
             # No thread outlives a failed open: after a failed connect it is idle and joins at once; cancelled
             # mid-connect, it closes what it opened and then stops by itself.
-            executor.submit(_close_opened, opening)
-            executor.shutdown(wait=opening.done())
+            thread.call(_close_all, opened)
+            thread.stop(wait=not isinstance(exc, asyncio.CancelledError))
             raise
-        return cls(conn, executor, max_batch=max_batch)
+        return cls(conn, thread, max_batch=max_batch)
 
     async def submit(self, work: Callable[[sqlite3.Connection], T]) -> T:
         """Run `work` in the next batch and return its result once that batch is committed."""
@@ -108,9 +114,9 @@ class GroupCommitWriter:
         self._released = True
         try:
             # Queued behind whatever the thread still runs (a hop the writer was cancelled in), never beside it.
-            await asyncio.get_running_loop().run_in_executor(self._executor, self._conn.close)
+            await self._thread.run(self._conn.close)
         finally:
-            self._executor.shutdown(wait=True)  # idle now that the close ran: the join is immediate
+            self._thread.stop(wait=True)  # idle now that the close ran: the join is immediate
 
     def _wake(self) -> None:
         if self._wakeup is not None and not self._wakeup.done():
@@ -143,13 +149,12 @@ class GroupCommitWriter:
     async def _commit(self, batch: list[_Item]) -> None:
         live = [item for item in batch if not item.future.cancelled()]  # a caller gone before: apply nothing
         works = [item.work for item in live]
-        loop = asyncio.get_running_loop()
         try:
             if len(live) <= 1:
                 # A lone write (a quiet moment): all of it on the writer's thread, one hop there and back.
-                outcomes = await loop.run_in_executor(self._executor, _run_alone, self._conn, works)
+                outcomes = await self._thread.run(_run_alone, self._conn, works)
             else:
-                outcomes = await self._apply_on_loop(loop, works)
+                outcomes = await self._apply_on_loop(works)
         except sqlite3.Error as exc:
             # The batch as a whole did not commit: nobody may be told their write succeeded.
             failure = errors.StoreUnavailable(f"SQLite commit failed: {exc}")
@@ -169,25 +174,25 @@ class GroupCommitWriter:
             else:
                 item.future.set_exception(value)
 
-    async def _apply_on_loop(self, loop: asyncio.AbstractEventLoop, works: list[Work]) -> list[tuple[bool, Any]]:
+    async def _apply_on_loop(self, works: list[Work]) -> list[tuple[bool, Any]]:
         """BEGIN IMMEDIATE may wait for another process's write lock (busy_timeout), and COMMIT waits for the
         fsync: both run on the writer's thread. The writes in between only touch pages in memory, so they
         run here on the event loop: no thread hop or GIL handoff per statement, and the Python of each write
         (decisions, row mapping, JSON) is not held up behind the busy loop's, as it is on another thread."""
-        conn, executor = self._conn, self._executor
-        await loop.run_in_executor(executor, conn.execute, "BEGIN IMMEDIATE")
+        conn, thread = self._conn, self._thread
+        await thread.run(conn.execute, "BEGIN IMMEDIATE")
         try:
             outcomes = _apply_all(conn, works)
         except _HalfWritten:
             _rollback(conn)  # releases the lock; the isolated pass takes it again on the thread
-            return await loop.run_in_executor(executor, _in_transaction, conn, _apply_isolated, works)
+            return await thread.run(_in_transaction, conn, _apply_isolated, works)
         except BaseException:
-            await loop.run_in_executor(executor, _rollback, conn)
+            await thread.run(_rollback, conn)
             raise
         try:
-            await loop.run_in_executor(executor, conn.execute, "COMMIT")
+            await thread.run(conn.execute, "COMMIT")
         except BaseException:
-            await loop.run_in_executor(executor, _rollback, conn)
+            await thread.run(_rollback, conn)
             raise
         return outcomes
 
@@ -259,10 +264,10 @@ def _rollback(conn: sqlite3.Connection) -> None:
         conn.execute("ROLLBACK")
 
 
-def _close_opened(opening: Future[sqlite3.Connection]) -> None:
-    """On the writer's thread, after `opening` ran (or was cancelled before it could)."""
-    if not opening.cancelled() and opening.exception() is None:
-        opening.result().close()
+def _close_all(opened: list[sqlite3.Connection]) -> None:
+    """On the writer's thread, after the connect ran: close what it opened, if anything."""
+    for conn in opened:
+        conn.close()
 
 
 def _store_error(exc: Exception) -> Exception:

@@ -46,10 +46,14 @@ __all__ = ["MIGRATIONS", "SqliteStore"]
 
 
 class SqliteStore(PaymentStore):
-    def __init__(self, path: str, writes: GroupCommitWriter, reader: aiosqlite.Connection) -> None:
+    def __init__(self, path: str, writes: GroupCommitWriter, reader: aiosqlite.Connection,
+                 stats: aiosqlite.Connection) -> None:
         self.path = path
         self.writes = writes
         self._reader = reader
+        # Whole-table counts for /metrics run on their own connection (and thread): a scan of a large table
+        # never holds up the reads the API answers from (WAL lets both read at once).
+        self._stats = stats
 
     @classmethod
     async def open(cls, path: str) -> SqliteStore:
@@ -57,18 +61,26 @@ class SqliteStore(PaymentStore):
             writes = await GroupCommitWriter.open(functools.partial(_open_writer, path))
             try:
                 reader = await connect_reader(path)
+                try:
+                    stats = await connect_reader(path)
+                except BaseException:
+                    await reader.close()
+                    raise
             except BaseException:
                 await writes.close()
                 raise
         except sqlite3.Error as exc:
             raise errors.StoreUnavailable(f"cannot open SQLite store {path!r}: {exc}") from exc
-        return cls(path, writes, reader)
+        return cls(path, writes, reader, stats)
 
     async def close(self) -> None:
         try:
             await self.writes.close()  # what is queued still commits
         finally:
-            await self._reader.close()
+            try:
+                await self._reader.close()
+            finally:
+                await self._stats.close()
 
     async def ping(self) -> None:
         try:
@@ -273,10 +285,11 @@ class SqliteStore(PaymentStore):
 
     # --- reads --------------------------------------------------------------------------------
 
-    async def _fetchall(self, sql: str, params: tuple[Any, ...]) -> list[sqlite3.Row]:
+    async def _fetchall(self, sql: str, params: tuple[Any, ...], *,
+                        on: aiosqlite.Connection | None = None) -> list[sqlite3.Row]:
         try:
             # One trip to the connection's thread (execute + fetchall + close), not three.
-            return list(await self._reader.execute_fetchall(sql, params))
+            return list(await (on or self._reader).execute_fetchall(sql, params))
         except sqlite3.Error as exc:
             raise errors.StoreUnavailable(f"SQLite read failed: {exc}") from exc
 
@@ -314,7 +327,7 @@ class SqliteStore(PaymentStore):
     async def due_stats(self, now: dt.datetime) -> tuple[int, dt.datetime | None]:
         rows = await self._fetchall(
             "SELECT count(*), min(next_attempt_at) FROM payments "
-            "WHERE next_attempt_at IS NOT NULL AND next_attempt_at <= ?", (ts(now),))
+            "WHERE next_attempt_at IS NOT NULL AND next_attempt_at <= ?", (ts(now),), on=self._stats)
         return rows[0][0], from_ts(rows[0][1])
 
     async def record_event(self, payment: models.Payment, trigger: str, *, source: str, at: dt.datetime,
@@ -323,7 +336,7 @@ class SqliteStore(PaymentStore):
             db, payment.out_trade_no, payment.state, payment.state, trigger, source, detail, at))
 
     async def count_by_state(self) -> dict[State, int]:
-        rows = await self._fetchall("SELECT state, count(*) FROM payments GROUP BY state", ())
+        rows = await self._fetchall("SELECT state, count(*) FROM payments GROUP BY state", (), on=self._stats)
         return {State(row[0]): row[1] for row in rows}
 
     async def events(self, out_trade_no: str) -> list[models.Event]:
