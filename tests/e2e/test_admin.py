@@ -15,6 +15,17 @@ async def _action(world: World, no: str, action: str, note: str = "checked with 
     return await world.api("POST", f"/v1/admin/payments/{no}/{action}", json={"note": note})
 
 
+async def _paid_then_forwards_exhausted(world: World, out_trade_no: str) -> None:
+    """Paid at WeChat while the backend fails every delivery, until the schedule ends: needs_review."""
+    world.backend_faults(error_rate=1.0)
+    await world.pay(out_trade_no)
+    await world.notify()
+    for delay in world.settings.forward_schedule:
+        world.advance(delay)
+        await world.sweep()
+    assert (await world.payment(out_trade_no)).state is State.NEEDS_REVIEW
+
+
 async def test_listing_pages_with_an_opaque_cursor(world: World) -> None:
     numbers = sorted([(await world.create(f"order-{i}"))["out_trade_no"] for i in range(5)])
     status, page = await world.api("GET", "/v1/admin/payments?limit=2")
@@ -88,13 +99,7 @@ async def test_requeue_and_dismiss_from_review(world: World) -> None:
     assert (last.trigger, last.source, last.detail["note"]) == ("dismiss", "admin", "refunded by hand")
 
     second = await world.create("order-2")
-    world.backend_faults(error_rate=1.0)
-    await world.pay(second["out_trade_no"])
-    await world.notify()
-    for delay in world.settings.forward_schedule:  # exhaust the schedule: needs_review
-        world.advance(delay)
-        await world.sweep()
-    assert (await world.payment(second["out_trade_no"])).state is State.NEEDS_REVIEW
+    await _paid_then_forwards_exhausted(world, second["out_trade_no"])
     world.backend_faults()
     status, body = await _action(world, second["out_trade_no"], "requeue", "backend is back")
     assert status == 200 and body["payment"]["state"] == "synced"
@@ -127,13 +132,7 @@ async def test_a_requeued_forward_holds_a_lease_so_no_sweeper_delivers_it_meanwh
     world: World, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     created = await world.create("order-1")
-    world.backend_faults(error_rate=1.0)
-    await world.pay(created["out_trade_no"])
-    await world.notify()
-    for delay in world.settings.forward_schedule:  # exhaust the schedule: needs_review
-        world.advance(delay)
-        await world.sweep()
-    assert (await world.payment(created["out_trade_no"])).state is State.NEEDS_REVIEW
+    await _paid_then_forwards_exhausted(world, created["out_trade_no"])
     world.backend_faults()
     gate, delivering = asyncio.Event(), asyncio.Event()
     real = world.service.backend.deliver

@@ -12,28 +12,19 @@ import structlog
 
 from payflow import errors
 from payflow.devkeys import KeySet
-from payflow.ratelimit import RateLimiter
 from payflow.wechat import crypto
 from payflow.wechat.client import WechatPayClient
 from tests.mock_http import mocked_http as aioresponses
-from tests.wechat.test_client_errors import BASE, JSAPI, NOW, ORDER
+from tests.wechat.test_client_errors import BASE, JSAPI, NOW, ORDER, make_client
 
 NO = "PF0000000001"
 QUERY = re.compile(rf"^{re.escape(BASE)}/v3/pay/transactions/out-trade-no/{NO}\?mchid=\d+$")
 CLOSE = f"{BASE}/v3/pay/transactions/out-trade-no/{NO}/close"
 
 
-async def _no_sleep(seconds: float) -> None:
-    return None
-
-
 @pytest.fixture
 async def client(keyset: KeySet) -> AsyncIterator[WechatPayClient]:
-    client = WechatPayClient(
-        base_url=BASE, mchid=keyset.mchid, appid=keyset.appid, mch_serial=keyset.mch_serial,
-        private_key=keyset.merchant_private_key, platform_keys={keyset.pub_key_id: keyset.platform_public_key},
-        timeout=2, now=lambda: NOW, limiter=RateLimiter(rate=1000, burst=1000), sleep=_no_sleep, place_attempts=1,
-    )
+    client = make_client(keyset, place_attempts=1)
     yield client
     await client.aclose()
 

@@ -32,13 +32,18 @@ async def _no_sleep(seconds: float) -> None:
     return None
 
 
-@pytest.fixture
-async def client(keyset: KeySet) -> AsyncIterator[WechatPayClient]:
-    client = WechatPayClient(
+def make_client(keyset: KeySet, **options: Any) -> WechatPayClient:
+    """A client of the test merchant against BASE, at NOW, that never waits (retries or limiter)."""
+    return WechatPayClient(
         base_url=BASE, mchid=keyset.mchid, appid=keyset.appid, mch_serial=keyset.mch_serial,
         private_key=keyset.merchant_private_key, platform_keys={keyset.pub_key_id: keyset.platform_public_key},
-        timeout=2, now=lambda: NOW, limiter=RateLimiter(rate=1000, burst=1000), sleep=_no_sleep,
+        timeout=2, now=lambda: NOW, limiter=RateLimiter(rate=1000, burst=1000), sleep=_no_sleep, **options,
     )
+
+
+@pytest.fixture
+async def client(keyset: KeySet) -> AsyncIterator[WechatPayClient]:
+    client = make_client(keyset)
     yield client
     await client.aclose()
 
