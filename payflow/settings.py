@@ -10,6 +10,7 @@ import dataclasses
 import datetime as dt
 import re
 import textwrap
+import urllib.parse
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -116,6 +117,13 @@ def _database_url(text: str, name: str) -> str:
     url = text.strip()
     if not url.startswith(("sqlite:///", "postgresql://", "postgres://")):
         raise errors.SettingsError(f"{name}: {logs.redact_url(url)!r} is not sqlite:///path or postgresql://...")
+    if not url.startswith("sqlite:///"):
+        try:  # what the driver would otherwise fail on later, with a traceback
+            parts = urllib.parse.urlsplit(url)
+            parts.port, parts.hostname  # noqa: B018 — read for the ValueError a malformed authority raises
+        except ValueError:
+            raise errors.SettingsError(
+                f"{name}: {logs.redact_url(url)!r} is not a valid URL (check the host and port)") from None
     return url
 
 

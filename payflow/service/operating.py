@@ -75,6 +75,13 @@ class Operating:
                 if action == "requeue":
                     moved = await self.forwarding.forward(moved)
                 return ActionResult(moved, action, moved.state.value)
+            if action == "resend":
+                # Under its own lease, as requeue: a sweeper forwarding this payment right now keeps it (→ 409),
+                # and none starts while this delivery is in flight.
+                try:
+                    payment = await core.store.claim(payment, now=core.now(), lease=core.settings.lease)
+                except errors.StaleState:
+                    raise errors.Conflict("a delivery of this payment is in flight; ask again shortly") from None
             # recheck and resend change no state by themselves: the audit event records who asked and why.
             await core.store.record_event(payment, action, source=Source.ADMIN, at=core.now(), detail={"note": note})
             if action == "resend":

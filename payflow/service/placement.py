@@ -16,6 +16,12 @@ from payflow.wechat.api import JsapiOrder, WechatApi
 
 log = logs.get_logger("payflow.service")
 
+# WeChat refused the request itself, so no order exists there under this out_trade_no: the refused payment
+# releases its order_id and a corrected request for the same business order becomes a new payment. Not
+# INVALID_REQUEST: WeChat also answers it to a re-entry whose parameters differ, when an order does exist;
+# nor OUT_TRADE_NO_USED, ORDERPAID and the like, which say an order exists.
+RELEASING_CODES = frozenset({"PARAM_ERROR", "APPID_MCHID_NOT_MATCH", "MCH_NOT_EXISTS", "NO_AUTH", "SIGN_ERROR"})
+
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class NewPayment:
@@ -65,6 +71,10 @@ class Placement:
         core = self.core
         existing = await core.store.get_by_order_id(request.order_id)
         if existing is None:
+            refused = await core.store.refused_payment(request.order_id)
+            if refused is not None and not request.differences(refused):
+                # The request WeChat refused, unchanged: asking again would be refused again.
+                return Created(refused, None, new=False)
             now = core.now()
             ttl = request.expires_in if request.expires_in is not None else core.settings.payment_ttl
             payment = models.Payment(
@@ -136,9 +146,11 @@ class Placement:
             log.warning("payment.placement_deferred", error=str(exc), wechat_code=exc.wechat_code)
             raise
         except errors.WechatFinal as exc:
+            released = exc.wechat_code in RELEASING_CODES
             await core.apply(payment, Trigger.CLOSE, source=Source.API,
                               detail={"reason": "placement_rejected", "wechat_code": exc.wechat_code,
-                                      "message": str(exc)})
+                                      "message": str(exc), "order_id_released": released},
+                              changes={"order_released": True} if released else None)
             raise
         return await core.apply(
             payment, Trigger.PREPAY, source=Source.API, payload={"prepay_id": prepay_id},

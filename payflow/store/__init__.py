@@ -8,11 +8,12 @@ import datetime as dt
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from payflow import errors, models, states
+from payflow import errors, logs, models, states
 from payflow.states import State, Trigger
 
 # Columns a transition or reschedule may change besides state and version.
-CHANGEABLE = frozenset({"prepay_id", "transaction_id", "paid_at", "paid_amount", "next_attempt_at", "attempts"})
+CHANGEABLE = frozenset({"prepay_id", "transaction_id", "paid_at", "paid_amount", "next_attempt_at", "attempts",
+                        "order_released"})
 # States the sweeper never visits: their schedule is cleared by the store, whatever the caller asked.
 UNSCHEDULED = frozenset({State.SYNCED, State.RECONCILED, State.CLOSED, State.NEEDS_REVIEW})
 # A reconciliation run still `running` after this long is taken to have died with its process.
@@ -85,7 +86,12 @@ class PaymentStore(abc.ABC):
     async def get(self, out_trade_no: str) -> models.Payment | None: ...
 
     @abc.abstractmethod
-    async def get_by_order_id(self, order_id: str) -> models.Payment | None: ...
+    async def get_by_order_id(self, order_id: str) -> models.Payment | None:
+        """The live payment of this order_id: the one not released by a WeChat refusal (at most one)."""
+
+    @abc.abstractmethod
+    async def refused_payment(self, order_id: str) -> models.Payment | None:
+        """The newest payment of this order_id that WeChat refused and so released the order_id, if any."""
 
     @abc.abstractmethod
     async def transition(
@@ -154,6 +160,12 @@ class PaymentStore(abc.ABC):
         self, payment: models.Payment, *, next_attempt_at: dt.datetime | None, attempts: int, at: dt.datetime
     ) -> models.Payment:
         """Set the next attempt of a payment without changing its state (CAS on version); ends its lease."""
+
+    @abc.abstractmethod
+    async def claim(self, payment: models.Payment, *, now: dt.datetime, lease: float) -> models.Payment:
+        """Lease this one payment for `lease` seconds, as `claim_due` leases the due ones, for work a person
+        asked for (an operator's resend). `StaleState` if it changed since it was read or another worker's
+        lease on it has not run out."""
 
     @abc.abstractmethod
     async def claim_due(self, now: dt.datetime, limit: int, lease: float) -> list[models.Payment]:
@@ -251,4 +263,4 @@ async def open_store(url: str) -> PaymentStore:
         from payflow.store import postgres
 
         return await postgres.PostgresStore.open(url)
-    raise errors.SettingsError(f"PAYFLOW_DATABASE_URL: unsupported store URL {url!r}")
+    raise errors.SettingsError(f"PAYFLOW_DATABASE_URL: unsupported store URL {logs.redact_url(url)!r}")

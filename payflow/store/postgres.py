@@ -15,7 +15,7 @@ from typing import Any
 
 import asyncpg
 
-from payflow import errors, models
+from payflow import errors, logs, models
 from payflow.states import State, Trigger
 from payflow.store import RUN_STALE_AFTER, UNSCHEDULED, PaymentStore, transition_changes
 from payflow.store.postgres_schema import migrate
@@ -70,8 +70,13 @@ class PostgresStore(PaymentStore):
     @classmethod
     async def open(cls, dsn: str, *, min_size: int = 1, max_size: int = 10) -> PostgresStore:
         async with _boundary():
-            pool = await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size, init=_init_connection,
-                                             command_timeout=30)
+            try:
+                pool = await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size, init=_init_connection,
+                                                 command_timeout=30)
+            except (ValueError, OverflowError, TypeError) as exc:  # a URL the driver cannot parse
+                # Not the driver's message: it may quote a piece of the URL, password included.
+                raise errors.SettingsError(
+                    f"PAYFLOW_DATABASE_URL: {logs.redact_url(dsn)!r} is not usable ({type(exc).__name__})") from None
             try:
                 async with pool.acquire() as connection:
                     await migrate(connection)
@@ -154,6 +159,19 @@ class PostgresStore(PaymentStore):
                 payment.lease_token)
         if row is None:
             raise errors.StaleState(f"payment {payment.out_trade_no} changed or lost its lease")
+        return _payment(row)
+
+    async def claim(self, payment: models.Payment, *, now: dt.datetime, lease: float) -> models.Payment:
+        async with _boundary():
+            row = await self._pool.fetchrow(
+                "UPDATE payments SET next_attempt_at = $1, "
+                "lease_token = substr(md5(random()::text || clock_timestamp()::text || out_trade_no), 1, 16) "
+                "WHERE out_trade_no = $2 AND state = $3 AND version = $4 "
+                "AND (lease_token IS NULL OR next_attempt_at IS NULL OR next_attempt_at <= $5) "
+                f"RETURNING {_COLUMNS}",
+                now + dt.timedelta(seconds=lease), payment.out_trade_no, payment.state.value, payment.version, now)
+        if row is None:
+            raise errors.StaleState(f"payment {payment.out_trade_no} changed or is leased by another worker")
         return _payment(row)
 
     async def claim_due(self, now: dt.datetime, limit: int, lease: float) -> list[models.Payment]:
@@ -251,7 +269,12 @@ class PostgresStore(PaymentStore):
         return found[0] if found else None
 
     async def get_by_order_id(self, order_id: str) -> models.Payment | None:
-        found = await self._payments("order_id = $1", order_id)
+        found = await self._payments("order_id = $1 AND NOT order_released", order_id)
+        return found[0] if found else None
+
+    async def refused_payment(self, order_id: str) -> models.Payment | None:
+        found = await self._payments(
+            "order_id = $1 AND order_released ORDER BY created_at DESC, out_trade_no DESC LIMIT 1", order_id)
         return found[0] if found else None
 
     async def list_payments(self, *, state: State | None = None, after: str | None = None,

@@ -91,6 +91,15 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         """,
         "CREATE TABLE billed (out_trade_no TEXT PRIMARY KEY, bill_date DATE NOT NULL)",
     ),
+    # v2: a payment WeChat refused outright (no order exists there) releases its order_id, so a corrected
+    # request for the same business order can be placed (README "order_id"); only live payments hold an
+    # order_id uniquely.
+    (
+        "ALTER TABLE payments ADD COLUMN order_released BOOLEAN NOT NULL DEFAULT FALSE",
+        "ALTER TABLE payments DROP CONSTRAINT payments_order_id_key",
+        "CREATE UNIQUE INDEX payments_live_order_id ON payments (order_id) WHERE NOT order_released",
+        "CREATE INDEX payments_by_order_id ON payments (order_id, created_at)",
+    ),
 )
 
 

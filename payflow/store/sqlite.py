@@ -184,6 +184,22 @@ class SqliteStore(PaymentStore):
 
         return await self.writes.submit(work)
 
+    async def claim(self, payment: models.Payment, *, now: dt.datetime, lease: float) -> models.Payment:
+        def work(db: sqlite3.Connection) -> models.Payment:
+            rows = list(db.execute(
+                "UPDATE payments SET next_attempt_at = ?, lease_token = ? "
+                "WHERE out_trade_no = ? AND state = ? AND version = ? "
+                "AND (lease_token IS NULL OR next_attempt_at IS NULL OR next_attempt_at <= ?) "
+                f"RETURNING {PAYMENT_COLUMNS}",
+                (ts(now + dt.timedelta(seconds=lease)), secrets.token_hex(8), payment.out_trade_no,
+                 payment.state.value, payment.version, ts(now)),
+            ))
+            if len(rows) != 1:
+                raise errors.StaleState(f"payment {payment.out_trade_no} changed or is leased by another worker")
+            return payment_row(rows[0])
+
+        return await self.writes.submit(work)
+
     async def claim_due(self, now: dt.datetime, limit: int, lease: float) -> list[models.Payment]:
         if limit <= 0:
             return []
@@ -298,7 +314,14 @@ class SqliteStore(PaymentStore):
         return payment_row(rows[0]) if rows else None
 
     async def get_by_order_id(self, order_id: str) -> models.Payment | None:
-        rows = await self._fetchall(f"SELECT {PAYMENT_COLUMNS} FROM payments WHERE order_id = ?", (order_id,))
+        rows = await self._fetchall(
+            f"SELECT {PAYMENT_COLUMNS} FROM payments WHERE order_id = ? AND order_released = 0", (order_id,))
+        return payment_row(rows[0]) if rows else None
+
+    async def refused_payment(self, order_id: str) -> models.Payment | None:
+        rows = await self._fetchall(
+            f"SELECT {PAYMENT_COLUMNS} FROM payments WHERE order_id = ? AND order_released = 1 "
+            "ORDER BY created_at DESC, out_trade_no DESC LIMIT 1", (order_id,))
         return payment_row(rows[0]) if rows else None
 
     async def list_payments(self, *, state: State | None = None, after: str | None = None,
@@ -396,7 +419,8 @@ def _cas(
         insert_notification(db, notification)
     fields = list(_ALL_FIELDS(payment))
     for name, value in values.items():
-        fields[_FIELD_INDEX[name]] = _utc(value) if isinstance(value, dt.datetime) else value
+        if name in _FIELD_INDEX:  # not `order_released`: a column only the store reads
+            fields[_FIELD_INDEX[name]] = _utc(value) if isinstance(value, dt.datetime) else value
     fields[_STATE], fields[_VERSION], fields[_LEASE], fields[_UPDATED] = to, payment.version + 1, lease_token, _utc(at)
     return models.Payment(*fields)
 

@@ -17,6 +17,13 @@ from payflow.states import State
 
 STATES_SQL = ", ".join(f"'{s.value}'" for s in State)
 
+# The payments columns of schema v2, spelled out: a released migration must not follow later changes.
+_V2_COLUMNS = (
+    "out_trade_no, order_id, amount, currency, description, openid, attach, state, version, event_id, "
+    "prepay_id, transaction_id, paid_at, paid_amount, expires_at, next_attempt_at, attempts, lease_token, "
+    "created_at, updated_at"
+)
+
 # Each entry moves the schema from version i to i+1; never edit a released entry, append a new one.
 MIGRATIONS: tuple[tuple[str, ...], ...] = (
     (
@@ -102,6 +109,44 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         """,
         # BANK_MISS looks for payments paid on one day; only paid payments have paid_at.
         "CREATE INDEX payments_paid_at ON payments (paid_at) WHERE paid_at IS NOT NULL",
+    ),
+    # v3: a payment WeChat refused outright (no order exists there) releases its order_id, so a corrected
+    # request for the same business order can be placed (README "order_id"). Only live payments hold an
+    # order_id uniquely; SQLite cannot drop a column's UNIQUE, so the table is rebuilt (foreign keys are
+    # off while `migrate` runs and checked before it commits).
+    (
+        f"""
+        CREATE TABLE payments_v3 (
+            out_trade_no    TEXT PRIMARY KEY,
+            order_id        TEXT NOT NULL,
+            amount          INTEGER NOT NULL CHECK (amount > 0),
+            currency        TEXT NOT NULL,
+            description     TEXT NOT NULL,
+            openid          TEXT NOT NULL,
+            attach          TEXT,
+            state           TEXT NOT NULL CHECK (state IN ({STATES_SQL})),
+            version         INTEGER NOT NULL,
+            event_id        TEXT NOT NULL UNIQUE,
+            prepay_id       TEXT,
+            transaction_id  TEXT,
+            paid_at         TEXT,
+            paid_amount     INTEGER,
+            expires_at      TEXT NOT NULL,
+            next_attempt_at TEXT,
+            attempts        INTEGER NOT NULL DEFAULT 0,
+            lease_token     TEXT,
+            created_at      TEXT NOT NULL,
+            updated_at      TEXT NOT NULL,
+            order_released  INTEGER NOT NULL DEFAULT 0 CHECK (order_released IN (0, 1))
+        )
+        """,
+        f"INSERT INTO payments_v3 ({_V2_COLUMNS}) SELECT {_V2_COLUMNS} FROM payments",
+        "DROP TABLE payments",
+        "ALTER TABLE payments_v3 RENAME TO payments",
+        "CREATE INDEX payments_due ON payments (next_attempt_at) WHERE next_attempt_at IS NOT NULL",
+        "CREATE INDEX payments_paid_at ON payments (paid_at) WHERE paid_at IS NOT NULL",
+        "CREATE UNIQUE INDEX payments_live_order_id ON payments (order_id) WHERE order_released = 0",
+        "CREATE INDEX payments_by_order_id ON payments (order_id, created_at)",
     ),
 )
 
@@ -240,6 +285,16 @@ async def connect_reader(path: str) -> aiosqlite.Connection:
 
 
 def migrate(db: sqlite3.Connection) -> None:
+    # A table rebuild (v3) drops a table other tables reference: foreign keys are off meanwhile (a no-op
+    # inside a transaction, hence before BEGIN) and checked as a whole before COMMIT.
+    db.execute("PRAGMA foreign_keys = OFF")
+    try:
+        _migrate(db)
+    finally:
+        db.execute("PRAGMA foreign_keys = ON")
+
+
+def _migrate(db: sqlite3.Connection) -> None:
     # BEGIN IMMEDIATE takes the write lock first, so two processes starting together migrate once.
     db.execute("BEGIN IMMEDIATE")
     try:
@@ -251,6 +306,9 @@ def migrate(db: sqlite3.Connection) -> None:
             for statement in MIGRATIONS[number]:
                 db.execute(statement)
             db.execute(f"PRAGMA user_version = {number + 1}")
+        broken = db.execute("PRAGMA foreign_key_check").fetchall()
+        if broken:
+            raise errors.StoreUnavailable(f"migration left {len(broken)} rows with a dangling reference")
     except BaseException:
         if db.in_transaction:  # not if SQLite already rolled back (disk full, I/O error)
             db.execute("ROLLBACK")

@@ -152,6 +152,8 @@ async def test_failing_commands_name_the_database_without_its_password(keyset: d
         (with_password, ("inspect", "NOPE000001"), 2),
         (unreachable, ("inspect", "NOPE000001"), 2),
         (f"mysql://payflow:{DB_PASSWORD}@db.internal/payflow", ("reconcile", "--date", "2026-01-01"), 2),
+        (f"postgresql://payflow:{DB_PASSWORD}@127.0.0.1:notaport/payflow", ("serve",), 2),  # the driver's ValueError
+        (f"postgresql://payflow:{DB_PASSWORD}@[::1/payflow", ("inspect", "NOPE000001"), 2),
     ]
     outputs = []
     for url, args, status in runs:
@@ -160,5 +162,5 @@ async def test_failing_commands_name_the_database_without_its_password(keyset: d
         assert "Traceback" not in output, output
         _assert_no_secret(output, keyset)
         outputs.append(output)
-    assert all("PAYFLOW_DATABASE_URL" in outputs[i] for i in (0, 1, 3, 6))
+    assert all("PAYFLOW_DATABASE_URL" in outputs[i] for i in (0, 1, 3, 6, 7, 8))
     assert "postgres:***@127.0.0.1:5432/test" in outputs[4]  # it still says which database it looked in

@@ -51,6 +51,36 @@ async def test_due_scan_uses_the_partial_index(tmp_path: pathlib.Path) -> None:
     assert plan.startswith("SEARCH payments USING") and "INDEX payments_due" in plan, plan
 
 
+async def test_the_v3_rebuild_keeps_every_row_and_reference(tmp_path: pathlib.Path) -> None:
+    path = tmp_path / "p.db"
+    db = sqlite3.connect(path, isolation_level=None)
+    db.execute("PRAGMA foreign_keys = ON")
+    db.execute("BEGIN")
+    for statement in (*MIGRATIONS[0], *MIGRATIONS[1]):  # a store as payflow v2 left it
+        db.execute(statement)
+    db.execute("PRAGMA user_version = 2")
+    db.execute("INSERT INTO payments VALUES ('T1', 'order-1', 100, 'CNY', 'd', 'o', NULL, 'prepaid', 2, 'evt_1', "
+               "'wx1', NULL, NULL, NULL, '2026-01-01', '2026-01-01', 0, NULL, '2026-01-01', '2026-01-01')")
+    db.execute("INSERT INTO order_events (out_trade_no, to_state, trigger, source, detail, at) "
+               "VALUES ('T1', 'prepaid', 'prepay', 'api', '{}', '2026-01-01')")
+    db.execute("COMMIT")
+    db.close()
+    store = await open_store(f"sqlite:///{path}")
+    try:
+        payment = await store.get("T1")
+        assert payment is not None and (payment.order_id, payment.prepay_id, payment.version) == ("order-1", "wx1", 2)
+        assert [e.trigger for e in await store.events("T1")] == ["prepay"]
+        assert await store.get_by_order_id("order-1") == payment
+    finally:
+        await store.close()
+    with sqlite3.connect(path) as db:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
+        assert db.execute("PRAGMA foreign_key_check").fetchall() == []
+        indexes = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE tbl_name = 'payments' "
+                                                "AND type = 'index' AND sql IS NOT NULL")}
+        assert indexes == {"payments_due", "payments_paid_at", "payments_live_order_id", "payments_by_order_id"}
+
+
 async def test_a_newer_schema_is_refused(tmp_path: pathlib.Path) -> None:
     path = tmp_path / "p.db"
     await (await open_store(f"sqlite:///{path}")).close()

@@ -54,6 +54,41 @@ async def test_duplicates_are_refused(store: PaymentStore) -> None:
     assert len(await store.events(first.out_trade_no)) == 1
 
 
+async def test_claim_leases_one_payment_unless_another_lease_holds(store: PaymentStore) -> None:
+    payment = await _prepaid(store)
+    leased = await store.claim(payment, now=T0, lease=60)
+    assert leased.lease_token and leased.next_attempt_at == T0 + dt.timedelta(seconds=60)
+    assert await store.claim_due(T0 + dt.timedelta(seconds=59), 10, 60) == []  # the lease holds it
+    with pytest.raises(errors.StaleState):  # nor can another worker claim it while the lease runs
+        await store.claim(payment, now=T0 + dt.timedelta(seconds=59), lease=60)
+    again = await store.claim(leased, now=T0 + dt.timedelta(seconds=60), lease=60)  # it ran out
+    assert again.lease_token != leased.lease_token
+    moved = await store.reschedule(again, next_attempt_at=T0 + dt.timedelta(hours=1), attempts=1,
+                                   at=T0 + dt.timedelta(seconds=61))
+    with pytest.raises(errors.StaleState):  # a stale read is refused
+        await store.claim(again, now=T0 + dt.timedelta(seconds=62), lease=60)
+    assert (await store.claim(moved, now=T0 + dt.timedelta(seconds=62), lease=60)).lease_token
+
+
+async def test_only_a_released_order_id_can_be_taken_again(store: PaymentStore) -> None:
+    kept = await store.create(factories.payment(), source=Source.API, detail={})
+    await store.transition(kept, State.CLOSED, Trigger.CLOSE, source=Source.API, at=T0, detail={})
+    with pytest.raises(errors.DuplicatePayment):  # a closed payment still holds its order
+        await store.create(factories.payment(order_id=kept.order_id), source=Source.API, detail={})
+
+    refused = await store.create(factories.payment(), source=Source.API, detail={})
+    await store.transition(refused, State.CLOSED, Trigger.CLOSE, source=Source.API, at=T0,
+                           detail={"reason": "placement_rejected"}, changes={"order_released": True})
+    assert await store.get_by_order_id(refused.order_id) is None
+    assert (await store.refused_payment(refused.order_id)).out_trade_no == refused.out_trade_no  # type: ignore[union-attr]
+    retry = await store.create(factories.payment(order_id=refused.order_id, created_at=T0 + dt.timedelta(seconds=1)),
+                               source=Source.API, detail={})
+    assert await store.get_by_order_id(refused.order_id) == retry
+    with pytest.raises(errors.DuplicatePayment):  # one live payment per order
+        await store.create(factories.payment(order_id=refused.order_id), source=Source.API, detail={})
+    assert await store.refused_payment(kept.order_id) is None
+
+
 async def test_transition_writes_state_version_changes_and_event(store: PaymentStore) -> None:
     payment = await _prepaid(store)
     assert payment.state is State.PREPAID and payment.version == 2 and payment.prepay_id == "wx1"

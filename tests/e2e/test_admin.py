@@ -151,3 +151,38 @@ async def test_a_requeued_forward_holds_a_lease_so_no_sweeper_delivers_it_meanwh
     status, body = await requeue
     assert status == 200 and body["payment"]["state"] == "synced"
     assert world.backend_order("order-1").paid_events_received == 1
+
+
+async def test_a_resend_holds_a_lease_and_waits_for_one_a_sweeper_holds(
+    world: World, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    world.backend_faults(error_rate=1.0)
+    created = await world.create("order-1")
+    no = created["out_trade_no"]
+    await world.pay(no)
+    await world.notify()  # the first forward failed: `notified`, the next forward scheduled
+    world.advance(world.settings.forward_schedule[0])
+    [leased] = await world.service.store.claim_due(world.clock.now(), 10, world.settings.lease)  # a sweeper's
+    status, body = await _action(world, no, "resend", "backend fixed")
+    assert status == 409 and "in flight" in body["error"]["message"]
+    assert "resend" not in [e.trigger for e in await world.events(no)]  # refused before any audit event
+
+    world.advance(world.settings.lease + 1)  # that sweeper died: its lease ran out
+    world.backend_faults()
+    gate, delivering = asyncio.Event(), asyncio.Event()
+    real = world.service.backend.deliver
+
+    async def held(payment: Any) -> Any:
+        delivering.set()
+        await gate.wait()
+        return await real(payment)
+
+    monkeypatch.setattr(world.service.backend, "deliver", held)
+    resend = asyncio.get_running_loop().create_task(_action(world, no, "resend", "backend fixed"))
+    await asyncio.wait_for(delivering.wait(), 5)
+    assert await world.service.store.claim_due(world.clock.now(), 10, world.settings.lease) == []
+    gate.set()
+    status, body = await resend
+    assert status == 200 and body["outcome"] == "acknowledged"
+    assert world.backend_order("order-1").paid_events_received == 1
+    assert leased.state is State.NOTIFIED

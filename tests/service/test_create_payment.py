@@ -107,7 +107,7 @@ async def test_final_failure_closes_with_wechat_code(service: PaymentService, we
     wechat.outcomes = [errors.WechatFinal("bad openid", wechat_code="PARAM_ERROR", status=400)]
     with pytest.raises(errors.WechatFinal):
         await service.create_payment(_request())
-    payment = await service.store.get_by_order_id("order-1")
+    payment = await service.store.refused_payment("order-1")
     assert payment is not None and payment.state is State.CLOSED and payment.next_attempt_at is None
     last = (await service.timeline(payment.out_trade_no))[-1]
     assert last.trigger == "close" and last.detail["wechat_code"] == "PARAM_ERROR"
@@ -140,3 +140,42 @@ async def test_unknown_payment(service: PaymentService) -> None:
         await service.get_payment("NOPE000001")
     with pytest.raises(errors.NotFound):
         await service.timeline("NOPE000001")
+
+
+async def test_a_request_wechat_refused_releases_its_order_id_for_a_corrected_one(
+    service: PaymentService, wechat: FakeWechat
+) -> None:
+    wechat.outcomes = [errors.WechatFinal("openid invalid", wechat_code="PARAM_ERROR", status=400)]
+    with pytest.raises(errors.WechatFinal):
+        await service.create_payment(_request(openid="bad-openid"))
+    refused = await service.store.refused_payment("order-1")
+    assert refused is not None and refused.state is State.CLOSED
+    assert await service.store.get_by_order_id("order-1") is None  # no live payment holds order-1
+    [*_, closing] = await service.timeline(refused.out_trade_no)
+    assert closing.detail["reason"] == "placement_rejected" and closing.detail["order_id_released"] is True
+
+    again = await service.create_payment(_request(openid="bad-openid"))  # the same request: not sent again
+    assert (again.new, again.payment.out_trade_no, again.payment.state) == (False, refused.out_trade_no,
+                                                                           State.CLOSED)
+    assert len(wechat.placed) == 1
+
+    corrected = await service.create_payment(_request())
+    assert corrected.new and corrected.payment.state is State.PREPAID
+    assert corrected.payment.out_trade_no != refused.out_trade_no
+    assert await service.store.get_by_order_id("order-1") == corrected.payment
+    with pytest.raises(errors.Conflict):  # and now the order is held again, as by any live payment
+        await service.create_payment(_request(openid="bad-openid"))
+
+
+@pytest.mark.parametrize("code", ["INVALID_REQUEST", "OUT_TRADE_NO_USED", "ORDERPAID", None])
+async def test_a_refusal_that_may_leave_an_order_at_wechat_keeps_the_order_id(
+    service: PaymentService, wechat: FakeWechat, code: str | None
+) -> None:
+    wechat.outcomes = [errors.WechatFinal("refused", wechat_code=code, status=400)]
+    with pytest.raises(errors.WechatFinal):
+        await service.create_payment(_request())
+    kept = await service.store.get_by_order_id("order-1")
+    assert kept is not None and kept.state is State.CLOSED
+    assert await service.store.refused_payment("order-1") is None
+    with pytest.raises(errors.Conflict):
+        await service.create_payment(_request(openid="another-openid"))
