@@ -9,11 +9,12 @@ from typing import Any, Protocol, TypeVar
 
 from aiohttp import web
 
+from payflow import console
 from payflow.backend import Backend, BackendClient
 from payflow.clock import Clock
 from payflow.http import keys, middlewares, routes
 from payflow.metrics import Metrics
-from payflow.ratelimit import Priority, RateLimiter
+from payflow.ratelimit import Budgets, Priority
 from payflow.reconcile import DailySchedule, Reconciler
 from payflow.service import PaymentService
 from payflow.service.unconfigured import UnconfiguredBackend, UnconfiguredWechat
@@ -62,8 +63,8 @@ def _wechat_client(settings: Settings, metrics: Metrics) -> WechatPayClient | No
     # A payer waits for WeChat's budget at most half the call timeout (so a create answers within about
     # PAYFLOW_WECHAT_TIMEOUT); background work at most half a lease (a claimed payment is never held).
     waits = {Priority.PAYER: settings.wechat_timeout / 2, Priority.BACKGROUND: settings.lease / 2}
-    return WechatPayClient.from_settings(settings, timeout=settings.wechat_timeout,
-                                         limiter=RateLimiter(settings.wechat_rate, waits=waits), metrics=metrics)
+    budgets = Budgets(dict(settings.wechat_budgets), default=settings.wechat_rate, waits=waits)
+    return WechatPayClient.from_settings(settings, timeout=settings.wechat_timeout, limiter=budgets, metrics=metrics)
 
 
 def _backend_client(settings: Settings) -> BackendClient | None:
@@ -147,4 +148,6 @@ def create_app(
 
     app.cleanup_ctx.extend([store_ctx, clients_ctx, service_ctx, sweeper_ctx, reconcile_ctx])
     routes.setup(app)
+    if settings.console:
+        console.setup(app)
     return app

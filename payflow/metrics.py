@@ -40,6 +40,10 @@ class Metrics:
                                 registry=r)
         self.wechat_seconds = Histogram("payflow_wechat_request_seconds", "WeChat Pay API latency.",
                                         ["endpoint", "outcome"], buckets=_LATENCY_BUCKETS, registry=r)
+        # Which WeChat domain answered (`primary`, `backup`; `other` for a bill download URL elsewhere), and which
+        # could not be reached: answers on `backup` mean payflow is failing over (payflow/wechat/failover.py).
+        self.wechat_domains = Counter("payflow_wechat_domain_requests", "WeChat Pay API requests by domain and "
+                                      "whether it answered.", ["domain", "outcome"], registry=r)
         self.sweep_seconds = Histogram("payflow_sweep_pass_seconds", "Duration of one sweeper pass.",
                                        buckets=_LATENCY_BUCKETS, registry=r)
         self.due_backlog = Gauge("payflow_sweep_due_backlog", "Payments due for the sweeper now.", registry=r)

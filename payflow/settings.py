@@ -14,11 +14,14 @@ import urllib.parse
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from payflow import errors, logs
+from payflow import errors, logs, ratelimit
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
+WECHAT_BASE_URL = "https://api.mch.weixin.qq.com"
+# WeChat's documented second domain, for when the first cannot be reached (payflow/wechat/failover.py).
+WECHAT_BACKUP_URL = "https://api2.mch.weixin.qq.com"
 DEFAULT_QUERY_SCHEDULE = "30s,1m,2m,5m,10m"
 # WeChat's own notification schedule (24h4m in all); the first forward happens at once.
 DEFAULT_FORWARD_SCHEDULE = "15s,15s,30s,3m,10m,20m,30m,30m,30m,60m,3h,3h,3h,6h,6h"
@@ -49,7 +52,7 @@ class Settings:
     database_url: str = "sqlite:///payflow.db"
     host: str = "127.0.0.1"
     port: int = 8080
-    wechat_base_url: str = "https://api.mch.weixin.qq.com"
+    wechat_base_url: str = WECHAT_BASE_URL
     wechat_mchid: str | None = None
     wechat_appid: str | None = None
     wechat_mch_serial: str | None = None
@@ -59,7 +62,8 @@ class Settings:
     wechat_pubkey_file: str | None = None
     notify_url: str | None = None
     backend_url: str | None = None
-    backend_secret: str | None = dataclasses.field(default=None, repr=False)
+    # The first signs paid events; the others are secrets being retired (a backend verifies with all of them).
+    backend_secrets: tuple[str, ...] | None = dataclasses.field(default=None, repr=False)
     api_token: str | None = dataclasses.field(default=None, repr=False)
     admin_token: str | None = dataclasses.field(default=None, repr=False)
     metrics_token: str | None = dataclasses.field(default=None, repr=False)
@@ -75,10 +79,16 @@ class Settings:
     lease: float = 60.0  # how long a claimed payment stays with its worker if that worker dies
     backend_timeout: float = 10.0
     wechat_timeout: float = 10.0
-    wechat_rate: float = 50.0  # WeChat calls per second, all endpoints together
+    wechat_rate: float = 50.0  # WeChat calls per second for an API without a budget of its own
+    # calls/s per WeChat API; what is not named keeps ratelimit.DEFAULT_BUDGETS
+    wechat_budgets: tuple[tuple[str, float], ...] = tuple(ratelimit.DEFAULT_BUDGETS.items())
+    wechat_backup_url: str | None = None  # None: the default (see `wechat_backup()`); "": no failover
+    # Decrypts what the current APIv3 key cannot, while notifications encrypted before a key change are in flight.
+    wechat_apiv3_key_previous: str | None = dataclasses.field(default=None, repr=False)
     jitter: float = 0.1  # ± fraction applied to every backoff step
     reconcile_at: dt.time | None = dt.time(10, 30)  # Asia/Shanghai; yesterday's bill; None: no daily run
     read_query_interval: float = 2.0  # query on read: at most once per payment per this long; 0 disables
+    console: bool = True  # the operator console under /console/; False: no such routes
     # Not in the environment; tests and benchmarks override them directly.
     max_body_bytes: int = 64 * 1024
     sweep_batch: int = 100
@@ -96,9 +106,21 @@ class Settings:
         values: dict[str, Any] = {}
         for variable in VARIABLES:
             text = environ.get(variable.name)
-            if text is not None and text.strip():
+            if text is not None and (text.strip() or variable.empty):
                 values[variable.field] = variable.parse(text, variable.name)
         return cls(**values)
+
+    @property
+    def backend_secret(self) -> str | None:
+        """The secret payflow signs paid events with: the first of PAYFLOW_BACKEND_SECRET."""
+        return self.backend_secrets[0] if self.backend_secrets else None
+
+    def wechat_backup(self) -> str | None:
+        """Where WeChat calls fail over to: PAYFLOW_WECHAT_BACKUP_URL; unset, WeChat's second domain when the base
+        URL is WeChat's own (a simulator has none); set empty, nowhere."""
+        if self.wechat_backup_url is None:
+            return WECHAT_BACKUP_URL if self.wechat_base_url.rstrip("/") == WECHAT_BASE_URL else None
+        return self.wechat_backup_url or None
 
     def missing_for_serve(self) -> list[str]:
         """Every variable `serve` needs that is unset, in contract order."""
@@ -132,6 +154,20 @@ def _apiv3_key(text: str, name: str) -> str:
     if len(key) != 32 or not key.isascii():
         raise errors.SettingsError(f"{name}: must be exactly 32 ASCII characters")
     return key
+
+
+def _secrets(text: str, name: str) -> tuple[str, ...]:
+    secrets = tuple(part.strip() for part in text.split(","))
+    if not all(secrets):
+        raise errors.SettingsError(f"{name}: an empty secret in the comma list")
+    return secrets
+
+
+def _url_or_empty(text: str, name: str) -> str:
+    url = text.strip().rstrip("/")
+    if url and not url.startswith(("https://", "http://")):
+        raise errors.SettingsError(f"{name}: {logs.redact_url(url)!r} is not an http(s):// URL (or empty for none)")
+    return url
 
 
 def _pubkey_id(text: str, name: str) -> str:
@@ -192,6 +228,23 @@ def _rate(text: str, name: str) -> float:
     return rate
 
 
+_BUDGETS_TEXT = ",".join(f"{api}={rate:g}" for api, rate in ratelimit.DEFAULT_BUDGETS.items())
+
+
+def _budgets(text: str, name: str) -> tuple[tuple[str, float], ...]:
+    """`jsapi=100,query=300`: calls per second for each WeChat API named (see ratelimit.DEFAULT_BUDGETS)."""
+    budgets: dict[str, float] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        api, sep, rate = item.partition("=")
+        api = api.strip()
+        if not sep or not re.fullmatch(r"[a-z_]+", api):
+            raise errors.SettingsError(f"{name}: {item!r} is not api=calls-per-second (e.g. jsapi=100)")
+        if api in budgets:
+            raise errors.SettingsError(f"{name}: {api} is given twice")
+        budgets[api] = _rate(rate.strip(), f"{name} ({api})")
+    return tuple(budgets.items())
+
+
 def _forward_concurrency(text: str, name: str) -> int:
     try:
         count = int(text) if text.strip().isdigit() else 0
@@ -200,6 +253,12 @@ def _forward_concurrency(text: str, name: str) -> int:
     if not 1 <= count <= 1000:
         raise errors.SettingsError(f"{name}: {text!r} is not a whole number from 1 to 1000")
     return count
+
+
+def _on_off(text: str, name: str) -> bool:
+    if text.strip().lower() not in ("on", "off"):
+        raise errors.SettingsError(f"{name}: {text!r} is not one of on, off")
+    return text.strip().lower() == "on"
 
 
 def _log_level(text: str, name: str) -> str:
@@ -226,6 +285,7 @@ class Variable:
     required: bool = False  # `serve` (without --dev) will not start while it is unset
     contract: bool = True  # named in DESIGN §6.4; False for payflow's additions, which come last
     shown_default: str | None = None  # for a default the environment cannot spell
+    empty: bool = False  # a value set empty is read (it means something), instead of counting as unset
 
 
 # In contract order: `REQUIRED_FOR_SERVE`, error messages and both renderings follow it.
@@ -253,8 +313,9 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("PAYFLOW_NOTIFY_URL", "notify_url", _text, None, "the public URL of `POST /v1/wechat/notify`",
              required=True),
     Variable("PAYFLOW_BACKEND_URL", "backend_url", _text, None, "where paid events go", required=True),
-    Variable("PAYFLOW_BACKEND_SECRET", "backend_secret", _text, None, "the HMAC secret that signs paid events",
-             required=True),
+    Variable("PAYFLOW_BACKEND_SECRET", "backend_secrets", _secrets, None,
+             "the HMAC secret that signs paid events; while rotating, a comma list `new,old`: payflow signs with the "
+             "first", required=True),
     Variable("PAYFLOW_API_TOKEN", "api_token", _text, None, "bearer token for the API", required=True),
     Variable("PAYFLOW_ADMIN_TOKEN", "admin_token", _text, None, "bearer token for the operator endpoints",
              required=True),
@@ -281,7 +342,18 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("PAYFLOW_WECHAT_TIMEOUT", "wechat_timeout", _positive_duration, "10s",
              "per-request timeout of a WeChat Pay call", contract=False),
     Variable("PAYFLOW_WECHAT_RATE", "wechat_rate", _rate, "50",
-             "WeChat calls per second, all endpoints together", contract=False),
+             "WeChat calls per second for an API `PAYFLOW_WECHAT_BUDGETS` gives no budget of its own",
+             contract=False),
+    Variable("PAYFLOW_WECHAT_BUDGETS", "wechat_budgets", _budgets, _BUDGETS_TEXT,
+             "calls per second for each WeChat API, each served payers first; an API left out keeps its default "
+             "(README \"WeChat's budgets\")", contract=False),
+    Variable("PAYFLOW_WECHAT_BACKUP_URL", "wechat_backup_url", _url_or_empty, None,
+             "where a WeChat call goes when the base URL cannot be reached (connection failure or timeout); set "
+             "empty, nowhere", contract=False, empty=True,
+             shown_default="api2.mch.weixin.qq.com when the base URL is the default, else none"),
+    Variable("PAYFLOW_WECHAT_APIV3_KEY_PREVIOUS", "wechat_apiv3_key_previous", _apiv3_key, None,
+             "the APIv3 key before the current one: what the current key cannot decrypt is tried with it (keep it "
+             "25 h after a key change)", contract=False, shown_default="none"),
     Variable("PAYFLOW_QUERY_ON_READ", "read_query_interval", _duration, "2s",
              "a status poll of a `prepaid` payment asks WeChat at most this often; `0` disables", contract=False),
     Variable("PAYFLOW_RECONCILE_AT", "reconcile_at", _time_of_day, "10:30",
@@ -292,6 +364,9 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("PAYFLOW_METRICS_TOKEN", "metrics_token", _text, None,
              "bearer token `GET /metrics` requires (the admin token works too); unset, scrapes are open",
              contract=False, shown_default="unset: open"),
+    Variable("PAYFLOW_CONSOLE", "console", _on_off, "on",
+             "the operator console under `/console/` (sign-in with the admin token); `off` removes its routes",
+             contract=False),
 )
 
 # What `serve` cannot run without (WeChat and backend wiring, tokens).

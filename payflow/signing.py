@@ -2,6 +2,9 @@
 
 Backend implementers: verify with `verify_signature(secret, request.headers, raw_body)` before trusting
 an event, and treat `Idempotency-Key` (the event_id) as the key of an idempotent "mark paid".
+
+Rolling the secret takes two steps and no downtime: the backend verifies with `[new, old]`, then payflow
+signs with the new one (`PAYFLOW_BACKEND_SECRET=new,old`, then `new`), then the backend drops the old one.
 """
 
 from __future__ import annotations
@@ -9,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 
 TIMESTAMP_HEADER = "Payflow-Timestamp"
 SIGNATURE_HEADER = "Payflow-Signature"
@@ -39,7 +42,7 @@ def sign_headers(secret: str | bytes, raw_body: bytes, event_id: str, *, now: fl
 
 
 def verify_signature(
-    secret: str | bytes,
+    secret: str | bytes | Sequence[str | bytes],
     headers: Mapping[str, str],
     raw_body: bytes,
     tolerance: int = 300,
@@ -48,8 +51,10 @@ def verify_signature(
 ) -> None:
     """Raise `InvalidSignature` unless the body was signed with `secret` within `tolerance` seconds.
 
-    Several `v1=` values separated by commas are accepted (room for secret rotation). Whatever the headers
-    hold (absent, not text, non-ASCII, lone surrogates), nothing but `InvalidSignature` is raised.
+    `secret` may be a list (or tuple) of secrets, any of which may have signed: a backend rolling its secret
+    accepts the old and the new one for as long as payflow may still sign with the old. Several `v1=` values
+    separated by commas are accepted too. Whatever the arguments hold (headers absent, not text, non-ASCII,
+    lone surrogates; secrets of the wrong type or none at all), nothing but `InvalidSignature` is raised.
     """
     lookup = _text_headers(headers)
     timestamp = lookup.get(TIMESTAMP_HEADER.lower(), "")
@@ -62,10 +67,10 @@ def verify_signature(
     current = time.time() if now is None else now
     if abs(current - int(timestamp)) > tolerance:
         raise InvalidSignature(f"timestamp {timestamp} is more than {tolerance}s away from now")
-    expected = _mac(_key(secret), timestamp, bytes(raw_body)).encode()
+    expected = [_mac(key, timestamp, bytes(raw_body)).encode() for key in _keys(secret)]
     # Compared as bytes: compare_digest refuses str with non-ASCII characters; surrogatepass encodes any str.
     candidates = [part.strip().encode("utf-8", "surrogatepass") for part in presented.split(",")]
-    if not any(hmac.compare_digest(expected, c) for c in candidates):
+    if not any(hmac.compare_digest(mac, c) for mac in expected for c in candidates):
         raise InvalidSignature("signature does not match")
 
 
@@ -80,6 +85,20 @@ def _text_headers(headers: object) -> dict[str, str]:
         if isinstance(pair, tuple) and len(pair) == 2 and isinstance(pair[0], str) and isinstance(pair[1], str):
             found[pair[0].lower()] = pair[1]
     return found
+
+
+def _keys(secret: object) -> list[bytes]:
+    """One secret, or each of a sequence (list, tuple) of them; at least one."""
+    if isinstance(secret, Sequence) and not isinstance(secret, str | bytes | bytearray):
+        try:
+            secrets = list(secret)
+        except Exception:  # a Sequence of the caller's own that cannot be read: no secret, not a crash
+            raise InvalidSignature("the secrets cannot be read") from None
+        keys = [_key(each) for each in secrets]
+        if not keys:
+            raise InvalidSignature("no secret to verify with (an empty list)")
+        return keys
+    return [_key(secret)]
 
 
 def _key(secret: object) -> bytes:

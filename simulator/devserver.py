@@ -108,6 +108,8 @@ Keys and the database are in {keys.directory}. Try:
   curl -s {payflow}/v1/payments/{DEMO_ORDER}/events {admin}
   curl -s {backend}/sim/v1/orders
 
+Operator console: {payflow}/console/  (sign in with the admin token {keys.admin_token})
+
 Stop with Ctrl-C.
 """
 

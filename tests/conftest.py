@@ -1,8 +1,9 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import pathlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
@@ -12,7 +13,7 @@ from payflow.service import PaymentService
 from payflow.settings import Settings
 from payflow.store import PaymentStore, open_store
 from payflow.wechat.notify import NotificationVerifier
-from tests import factories
+from tests import factories, postgres_server
 from tests.fakes import FakeWechat
 
 API_TOKEN = "test-api-token"
@@ -78,3 +79,11 @@ def keyset(tmp_path_factory: pytest.TempPathFactory) -> devkeys.KeySet:
 def other_keyset(tmp_path_factory: pytest.TempPathFactory) -> devkeys.KeySet:
     """A second, unrelated key set: signatures made with it must not verify."""
     return devkeys.write_keyset(tmp_path_factory.mktemp("other-keys"))
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[postgres_server.Server]:
+    """The run's one PostgreSQL server, started on first use: PAYFLOW_TEST_POSTGRES (a URL, or `embedded`), else
+    the machine's on 127.0.0.1:5432, else an embedded one (tests/postgres_server.py). Tests make their own schemas."""
+    with postgres_server.provide(os.environ.get("PAYFLOW_TEST_POSTGRES")) as server:
+        yield server

@@ -118,6 +118,8 @@ def _payflow_error(request: web.Request, exc: errors.PayflowError) -> web.Respon
     response = _error(request, status, exc.code, message, **extra)
     if isinstance(exc, Throttled):
         response.headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after)))
+    elif isinstance(exc, errors.WechatRetryable) and status == 503:
+        response.headers["Retry-After"] = "1"  # the same request again re-enters the kept payment
     return response
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import datetime as dt
 import secrets
@@ -105,7 +106,7 @@ class Placement:
             else:
                 with logs.bound(out_trade_no=created.out_trade_no):
                     log.info("payment.created", order_id=created.order_id, amount=created.amount)
-                    placed = await self.place(created)
+                    placed = await self.place(created, deadline=core.settings.wechat_timeout)
                 return Created(placed, self.pay_params(placed), new=True)
 
         diff = request.differences(existing)
@@ -114,7 +115,7 @@ class Placement:
                 f"order_id {request.order_id!r} already has a payment with different {', '.join(diff)}")
         if existing.state is State.CREATED:
             with logs.bound(out_trade_no=existing.out_trade_no):
-                existing = await self.place(existing)
+                existing = await self.place(existing, deadline=core.settings.wechat_timeout)
         return Created(existing, self.pay_params(existing), new=False)
 
     def jsapi_order(self, payment: models.Payment) -> JsapiOrder:
@@ -132,15 +133,23 @@ class Placement:
             notify_url=notify_url,
         )
 
-    async def place(self, payment: models.Payment) -> models.Payment:
+    async def place(self, payment: models.Payment, *, deadline: float | None = None) -> models.Payment:
         """Place (or re-enter) the JSAPI order of a `created` payment → `prepaid`, or `closed` if refused.
 
         Raises `WechatRetryable` when the outcome is unknown (the payment stays `created`), and
-        `WechatFinal` after closing the payment when WeChat refused it for good.
+        `WechatFinal` after closing the payment when WeChat refused it for good. A payer's request passes
+        `deadline` (PAYFLOW_WECHAT_TIMEOUT): budget waits, attempts and their backoff together end by then,
+        so a create never hangs; the sweeper, with no payer waiting, goes on as long as the client does.
         """
         core = self.core
+        order = self.jsapi_order(payment)
         try:
-            prepay_id = await self.wechat.place_jsapi(self.jsapi_order(payment))
+            try:
+                async with asyncio.timeout(deadline):
+                    prepay_id = await self.wechat.place_jsapi(order)
+            except TimeoutError:
+                raise errors.WechatRetryable(
+                    f"WeChat did not place the order within {deadline:g}s; the payment is kept") from None
         except errors.WechatRetryable as exc:
             # Outcome unknown: the payment stays `created`; its next_attempt_at lets the sweeper query it.
             log.warning("payment.placement_deferred", error=str(exc), wechat_code=exc.wechat_code)

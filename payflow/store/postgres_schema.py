@@ -7,6 +7,7 @@ import zlib
 
 import asyncpg
 
+from payflow import errors
 from payflow.states import State
 
 STATES_SQL = ", ".join(f"'{s.value}'" for s in State)
@@ -109,7 +110,8 @@ async def migrate(connection: asyncpg.Connection) -> None:
         await connection.execute("CREATE TABLE IF NOT EXISTS payflow_schema (version INTEGER NOT NULL)")
         version = await connection.fetchval("SELECT max(version) FROM payflow_schema") or 0
         if version > len(MIGRATIONS):
-            raise RuntimeError(f"database schema v{version} is newer than this payflow (v{len(MIGRATIONS)})")
+            raise errors.StoreUnavailable(
+                f"database schema v{version} is newer than this payflow (v{len(MIGRATIONS)}); upgrade payflow")
         for number in range(version, len(MIGRATIONS)):
             async with connection.transaction():
                 for statement in MIGRATIONS[number]:

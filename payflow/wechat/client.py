@@ -19,20 +19,22 @@ import aiohttp
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey, RSAPublicKey
 from yarl import URL
 
-from payflow import errors, logs
+from payflow import __version__, errors, logs
 from payflow.metrics import Metrics
-from payflow.ratelimit import RateLimiter
+from payflow.ratelimit import Budgets, RateLimiter, Throttled
 from payflow.settings import Settings
-from payflow.wechat import crypto
+from payflow.wechat import crypto, failover
 from payflow.wechat.api import JsapiOrder, Transaction
 
 log = logs.get_logger(__name__)
 T = TypeVar("T")
 
-USER_AGENT = "payflow/0.1 (+aiohttp)"
+USER_AGENT = f"payflow/{__version__} (+aiohttp)"
 BILL_DOWNLOAD_PATH = "/v3/billdownload/file"
-# WeChat asks for a pause after FREQUENCY_LIMITED; a second is its usual recovery time.
-RATE_LIMIT_PAUSE = 1.0
+# After FREQUENCY_LIMITED the API that answered it rests this long, for every caller of it: WeChat counts
+# calls per second, so a quarter second stops a burst while a payer queued behind it still gets in within
+# its wait (half of PAYFLOW_WECHAT_TIMEOUT).
+RATE_LIMIT_PAUSE = 0.25
 ORDER_NOT_EXIST = frozenset({"ORDER_NOT_EXIST", "ORDERNOTEXIST", "RESOURCE_NOT_EXISTS"})
 ORDER_PAID = frozenset({"ORDERPAID", "ORDER_PAID"})
 UNSETTLED_TRADE_STATES = frozenset({"NOTPAY", "USERPAYING"})
@@ -70,6 +72,7 @@ class WechatPayClient:
         self,
         *,
         base_url: str,
+        backup_url: str | None = None,
         mchid: str,
         appid: str,
         mch_serial: str,
@@ -77,13 +80,15 @@ class WechatPayClient:
         platform_keys: Mapping[str, RSAPublicKey],
         session: aiohttp.ClientSession | None = None,
         timeout: float = 10.0,
-        limiter: RateLimiter | None = None,
+        limiter: Budgets | RateLimiter | None = None,
         place_attempts: int = 3,
         metrics: Metrics | None = None,
+        breaker: failover.Breaker | None = None,
         now: Callable[[], float] = time.time,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self.base_url = base_url.rstrip("/")
+        self.domains = failover.Domains(self.base_url, backup_url, breaker)
         self.mchid = mchid
         self.appid = appid
         self.mch_serial = mch_serial
@@ -92,7 +97,9 @@ class WechatPayClient:
         self._session = session
         self._owns_session = session is None
         self._timeout = aiohttp.ClientTimeout(total=timeout)
-        self.limiter = limiter or RateLimiter(rate=50, burst=50)
+        # One budget per WeChat API; a lone RateLimiter (tests) is shared by all of them.
+        self.limiter = limiter if isinstance(limiter, Budgets) else (
+            Budgets.shared(limiter) if limiter is not None else Budgets())
         self._place_attempts = place_attempts
         self._now = now
         self._sleep = sleep
@@ -111,6 +118,7 @@ class WechatPayClient:
             raise errors.SettingsError(f"PAYFLOW_WECHAT_PUBKEY_FILE: {exc}") from None
         return cls(
             base_url=settings.wechat_base_url,
+            backup_url=settings.wechat_backup(),
             mchid=settings.wechat_mchid or "",
             appid=settings.wechat_appid or "",
             mch_serial=settings.wechat_mch_serial or "",
@@ -244,6 +252,8 @@ class WechatPayClient:
         for attempt in range(1, self._place_attempts + 1):
             try:
                 return await call()
+            except Throttled:
+                raise  # nothing was sent, and the caller already waited as long as its class may
             except errors.WechatRetryable as exc:
                 log.info("wechat.retried", endpoint=endpoint, attempt=attempt, error=str(exc),
                          wechat_code=exc.wechat_code)
@@ -263,33 +273,55 @@ class WechatPayClient:
         self, method: str, path_qs: str, body: bytes, *, endpoint: str, base: str | None = None,
         verify: bool = True,
     ) -> _Answer:
-        url = URL(f"{base or self.base_url}{path_qs}", encoded=True)
-        authorization = crypto.authorization_header(
-            self.mchid, self.mch_serial, self._private_key, method, url.raw_path_qs, body,
-            timestamp=int(self._now()))
         headers = {
-            "Authorization": authorization,
             "Accept": "application/json",
             "User-Agent": USER_AGENT,
             "Wechatpay-Serial": next(iter(self._platform_keys), ""),
         }
         if method != "GET":
             headers["Content-Type"] = "application/json"
-        await self.limiter.acquire()
-        started = time.perf_counter()
+        # One Authorization per request target, made once: the backup domain gets the very bytes the primary
+        # got (the signature covers method, path, timestamp, nonce and body, not the host).
+        signed: dict[str, str] = {}
+
+        async def send(domain: str) -> tuple[int, Mapping[str, str], bytes]:
+            url = URL(f"{domain}{path_qs}", encoded=True)
+            target = url.raw_path_qs
+            if target not in signed:
+                signed[target] = crypto.authorization_header(
+                    self.mchid, self.mch_serial, self._private_key, method, target, body,
+                    timestamp=int(self._now()))
+            label = self.domains.label(domain)
+            started = time.perf_counter()
+            try:
+                async with self._session_().request(method, url, data=body or None,
+                                                    headers={"Authorization": signed[target], **headers},
+                                                    timeout=self._timeout, allow_redirects=False) as response:
+                    raw = await response.read()
+                    status, response_headers = response.status, response.headers
+            except (TimeoutError, aiohttp.ClientError) as exc:
+                self._observe(endpoint, "network", started, label,
+                              "unreachable" if isinstance(exc, failover.UNREACHABLE) else "answered")
+                log.info("wechat.call_failed", endpoint=endpoint, domain=label, error=type(exc).__name__,
+                         elapsed_ms=round((time.perf_counter() - started) * 1000, 1))
+                raise
+            self._observe(endpoint, "ok" if 200 <= status < 300 else f"{status // 100}xx", started, label, "answered")
+            log.debug("wechat.called", endpoint=endpoint, status=status, domain=label,
+                      elapsed_ms=round((time.perf_counter() - started) * 1000, 1))
+            return status, response_headers, raw
+
+        # One token per call, whichever domain answers it.
+        await self.limiter.acquire(endpoint)
         try:
-            async with self._session_().request(method, url, data=body or None, headers=headers,
-                                                timeout=self._timeout, allow_redirects=False) as response:
-                raw = await response.read()
-                status, response_headers = response.status, response.headers
+            # A connection failure or timeout on the primary is asked again, same bytes, on the backup. A timed-out
+            # call may have reached WeChat, and that is safe for every call made here: queries and bill applies are
+            # GETs; a close repeated is still a close; a place-order re-sent with the identical body is WeChat's
+            # re-entry by out_trade_no, which answers the same prepay_id. A bill download goes where WeChat's
+            # absolute download URL points (`base`, its origin), nowhere else.
+            status, response_headers, raw = await self.domains.call(
+                send, endpoint=endpoint, order=None if base is None else (base,))
         except (TimeoutError, aiohttp.ClientError) as exc:
-            self._observe(endpoint, "network", started)
-            log.info("wechat.call_failed", endpoint=endpoint, error=type(exc).__name__,
-                     elapsed_ms=round((time.perf_counter() - started) * 1000, 1))
             raise errors.WechatRetryable(f"{endpoint}: {type(exc).__name__}: {exc}") from None
-        self._observe(endpoint, "ok" if 200 <= status < 300 else f"{status // 100}xx", started)
-        log.debug("wechat.called", endpoint=endpoint, status=status,
-                  elapsed_ms=round((time.perf_counter() - started) * 1000, 1))
 
         if 200 <= status < 300:
             if verify:
@@ -299,10 +331,11 @@ class WechatPayClient:
             return _Answer(status, raw)
         raise self._error(endpoint, status, response_headers, raw, verify=verify)
 
-    def _observe(self, endpoint: str, outcome: str, started: float) -> None:
+    def _observe(self, endpoint: str, outcome: str, started: float, domain: str, reached: str) -> None:
         if self.metrics is not None:
             self.metrics.wechat_seconds.labels(endpoint=endpoint, outcome=outcome).observe(
                 time.perf_counter() - started)
+            self.metrics.wechat_domains.labels(domain=domain, outcome=reached).inc()
 
     def _verify(self, endpoint: str, headers: Mapping[str, str], raw: bytes, status: int) -> None:
         try:
@@ -323,7 +356,7 @@ class WechatPayClient:
         message = payload.get("message") if isinstance(payload, dict) else None
         text = f"{endpoint}: WeChat answered {status} {code or ''} {message or ''}".strip()
         if status == 429 or code in ("FREQUENCY_LIMITED", "RATELIMIT_EXCEEDED", "RATE_LIMITED"):
-            self.limiter.pause(RATE_LIMIT_PAUSE)
+            self.limiter.pause(endpoint, RATE_LIMIT_PAUSE)
             return errors.WechatRetryable(text, wechat_code=code, status=status)
         if status >= 500 or status == 408:
             return errors.WechatRetryable(text, wechat_code=code, status=status)

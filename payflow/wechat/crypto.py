@@ -11,7 +11,7 @@ import re
 import secrets
 import string
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TypedDict
 
@@ -388,6 +388,23 @@ def aead_decrypt(
 ) -> bytes:
     """Decrypt an AEAD_AES_256_GCM resource (Base64 of ciphertext ‖ 16-byte tag)."""
     return _gcm_open(_apiv3_key(apiv3_key), nonce, associated_data, ciphertext_b64)
+
+
+def aead_decrypt_any(
+    apiv3_keys: Sequence[bytes | str],
+    nonce: str,
+    associated_data: str | None,
+    ciphertext_b64: str,
+) -> bytes:
+    """`aead_decrypt` with each key in turn (the current APIv3 key, then the one before it): a resource
+    encrypted before the merchant changed the key still opens. Raises the first key's error if none does."""
+    first: DecryptionFailed | None = None
+    for key in apiv3_keys:
+        try:
+            return aead_decrypt(key, nonce, associated_data, ciphertext_b64)
+        except DecryptionFailed as exc:
+            first = first or exc
+    raise first or DecryptionFailed("no APIv3 key to decrypt with")
 
 
 def aead_encrypt(

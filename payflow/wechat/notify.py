@@ -73,12 +73,15 @@ class NotificationVerifier:
                 key = crypto.load_public_key(handle.read())
         except (OSError, crypto.CryptoError) as exc:
             raise errors.SettingsError(f"PAYFLOW_WECHAT_PUBKEY_FILE: {exc}") from None
-        return cls({settings.wechat_pubkey_id: key}, settings.wechat_apiv3_key)
+        return cls({settings.wechat_pubkey_id: key}, settings.wechat_apiv3_key,
+                   previous_apiv3_key=settings.wechat_apiv3_key_previous)
 
     def __init__(self, platform_keys: Mapping[str, RSAPublicKey], apiv3_key: str,
-                 *, now: Callable[[], float] = time.time) -> None:
+                 *, previous_apiv3_key: str | None = None, now: Callable[[], float] = time.time) -> None:
         self._keys = dict(platform_keys)
-        self._apiv3_key = apiv3_key
+        # After the merchant changes the APIv3 key, WeChat's retries of what it sent before still carry the old
+        # key's ciphertext for up to 24h4m (its retry schedule): the previous key opens them meanwhile.
+        self._apiv3_keys = (apiv3_key,) if previous_apiv3_key is None else (apiv3_key, previous_apiv3_key)
         self._now = now
 
     def verify(self, headers: Mapping[str, str], body: bytes) -> VerifiedNotification:
@@ -97,8 +100,8 @@ class NotificationVerifier:
                 raise TypeError("resource must be an object and id a string")
             if resource.get("algorithm") != "AEAD_AES_256_GCM":
                 raise ValueError(f"unsupported algorithm {resource.get('algorithm')!r}")
-            plaintext = crypto.aead_decrypt(self._apiv3_key, resource["nonce"], resource.get("associated_data"),
-                                            resource["ciphertext"])
+            plaintext = crypto.aead_decrypt_any(self._apiv3_keys, resource["nonce"],
+                                                resource.get("associated_data"), resource["ciphertext"])
             resource_json = plaintext.decode("utf-8")
             decrypted = json.loads(resource_json)
             if not isinstance(decrypted, dict):

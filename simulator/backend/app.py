@@ -186,7 +186,7 @@ async def _json_body(request: web.Request) -> dict[str, Any]:
 
 
 def create_app(
-    secret: str,
+    secret: str | list[str],
     *,
     faults: BackendFaults | None = None,
     seed: int = 0,

@@ -11,5 +11,6 @@ from simulator.backend.ledger import Ledger
 
 LEDGER = web.AppKey("backend_sim.ledger", Ledger)
 FAULTS = web.AppKey("backend_sim.faults", FaultInjector)
-SECRET = web.AppKey("backend_sim.secret", str)
+# A list while a test rolls the secret: any of them verifies (`payflow.signing.verify_signature`).
+SECRET: web.AppKey[str | list[str]] = web.AppKey("backend_sim.secret")
 CLOCK: web.AppKey[Clock] = web.AppKey("backend_sim.clock")

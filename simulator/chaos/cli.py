@@ -13,7 +13,7 @@ from payflow import logs
 from simulator.backend.faults import BackendFaults, FaultPlanError
 from simulator.chaos import report
 from simulator.chaos.driver import simulate
-from simulator.chaos.scenario import Options
+from simulator.chaos.scenario import DB_RESTART_COMMAND, Options
 from simulator.wechat import faults as wechat_faults
 
 # Faults are on by default (each a flag): notifications dropped 30% (5% never delivered), delayed,
@@ -21,6 +21,9 @@ from simulator.wechat import faults as wechat_faults
 CHAOS_WECHAT = {"drop_first": 0.3, "drop_retry": 0.3, "never_deliver": 0.05, "delay_min": 0.0, "delay_max": 30.0,
                 "duplicate": 0.1, "reorder": 0.05, "probe": 0.05, "corrupt_signature": 0.02, "api_500": 0.03,
                 "api_429": 0.02, "api_500_applied": 0.5}
+# WeChat's own per-API limits, at 1.5 times payflow's default budgets (ratelimit.DEFAULT_BUDGETS) rather
+# than WeChat's real figures, so that the run shows payflow's budgets keeping it under them.
+CHAOS_WECHAT.update(limit_jsapi=150.0, limit_query=450.0, limit_close=150.0, limit_bill=20.0)
 # Backend 500s 20%, an outage window, applied-but-answer-lost 5% (held past payflow's 1 s timeout).
 CHAOS_BACKEND = BackendFaults(error_rate=0.2, outages=((8.0, 14.0),), lost_answer_rate=0.05, stall_seconds=2.0)
 
@@ -28,6 +31,9 @@ CHAOS_BACKEND = BackendFaults(error_rate=0.2, outages=((8.0, 14.0),), lost_answe
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--orders", type=int, default=300, help="payers (default 300)")
     parser.add_argument("--seed", type=int, default=1, help="scenario and fault seed (default 1)")
+    parser.add_argument("--placement-rate", type=float, default=Options.placement_rate, metavar="PER_S",
+                        help="payers arriving per second at most, below payflow's place-order budget "
+                             "(default %(default)g; creations spread over 15 s at least)")
     parser.add_argument("--json", type=pathlib.Path, metavar="FILE", help="write the full report as JSON")
     parser.add_argument("--plot", type=pathlib.Path, metavar="FILE",
                         help="write a PNG (time-to-consistency CDF, payments by state); needs the plot extra")
@@ -42,6 +48,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--database", metavar="URL",
                         help="postgresql://... (each run uses a fresh schema); default: a temporary SQLite file")
     parser.add_argument("--db-restart", action="store_true", help="restart PostgreSQL once mid-run")
+    parser.add_argument("--db-restart-command", metavar="CMD", default=DB_RESTART_COMMAND,
+                        help="shell command that restarts PostgreSQL and returns once it is back "
+                             "(default: %(default)s)")
     wechat_faults.add_arguments(parser)
     parser.set_defaults(**CHAOS_WECHAT)
     BackendFaults.add_arguments(parser, prefix="backend-")
@@ -50,6 +59,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _options(args: argparse.Namespace, strategy: str) -> Options:
     if args.orders < 1:
         raise ValueError("--orders must be at least 1")
+    if not args.placement_rate > 0:
+        raise ValueError("--placement-rate must be positive")
     if args.crashes < 0:
         raise ValueError("--crashes must not be negative")
     if args.replicas < 1:
@@ -66,10 +77,13 @@ def _options(args: argparse.Namespace, strategy: str) -> Options:
                 if getattr(args, "backend_" + ("outage" if f.name == "outages" else f.name), None) is not None}
     backend = dataclasses.replace(CHAOS_BACKEND, **explicit)
     if args.no_faults:
-        wechat, backend = wechat_faults.WechatFaults(), BackendFaults()
-    return Options(orders=args.orders, seed=args.seed, strategy=strategy, crashes=args.crashes, wechat=wechat,
-                   backend=backend, progress=True, replicas=args.replicas, database=args.database,
-                   db_restart=args.db_restart)
+        # WeChat's per-API limits are how WeChat is, not a fault: they stay.
+        limits = {name: getattr(wechat, name) for name in wechat_faults.LIMITS}
+        wechat, backend = wechat_faults.WechatFaults(**limits), BackendFaults()
+    return Options(orders=args.orders, seed=args.seed, placement_rate=args.placement_rate, strategy=strategy,
+                   crashes=args.crashes, wechat=wechat, backend=backend, progress=True, replicas=args.replicas,
+                   database=args.database,
+                   db_restart=args.db_restart, db_restart_command=args.db_restart_command)
 
 
 def main(args: argparse.Namespace) -> int:

@@ -60,7 +60,11 @@ class Run:
     def __init__(self, options: Options, workdir: pathlib.Path) -> None:
         self.options = options
         self.workdir = workdir
-        self.plan = scenario.build(options.seed, options.orders, ttl=options.ttl, crashes=options.crashes)
+        self.plan = scenario.build(options.seed, options.orders, ttl=options.ttl, crashes=options.crashes,
+                                   placement_rate=options.placement_rate)
+        # Each payer's first create: its outcome (`ok`, an HTTP status, `down` while payflow was killed,
+        # `timeout`) and how long it took; `tries` counts every create until one answered.
+        self.placements: dict[str, dict[str, Any]] = {}
         self.acknowledged: dict[str, str] = {}
         self.paid_at_wechat: dict[str, float] = {}
         self.pay_refused: dict[str, str] = {}
@@ -177,13 +181,29 @@ class Run:
         body = {"order_id": order.order_id, "amount": order.amount, "description": f"chaos {order.order_id}",
                 "openid": f"o{order.order_id}"}
         deadline = self.elapsed() + 30.0
+        record: dict[str, Any] = {"tries": 0}
+        self.placements[order.order_id] = record
         while self.elapsed() < deadline:
+            record["tries"] += 1
+            started = time.perf_counter()
+            outcome: str
             try:
                 async with self.http.post(f"{self.payflow_url}/v1/payments", json=body) as response:
+                    outcome = "ok" if response.status in (200, 201) else str(response.status)
                     if response.status in (200, 201, 502):
-                        return await response.json()  # type: ignore[no-any-return]
-            except (aiohttp.ClientError, TimeoutError):
-                pass  # payflow is down (killed) or the answer was lost: the same request again is safe
+                        view: dict[str, Any] = await response.json()
+                        if record["tries"] == 1:
+                            record.update(first=outcome, first_ms=(time.perf_counter() - started) * 1000)
+                        return view
+            except aiohttp.ClientConnectionError as exc:
+                # payflow is down (killed) or the answer was lost: the same request again is safe
+                outcome = "down" if isinstance(exc, aiohttp.ClientConnectorError) else "connection_lost"
+            except TimeoutError:
+                outcome = "timeout"
+            except aiohttp.ClientError:
+                outcome = "client_error"
+            if record["tries"] == 1:
+                record.update(first=outcome, first_ms=(time.perf_counter() - started) * 1000)
             await asyncio.sleep(0.3)
         return None
 
@@ -218,8 +238,7 @@ class Run:
         await self._at(self.plan.crashes[-1] + 3.0 if self.plan.crashes else 10.0)
         self.db_restarts = 1
         process = await asyncio.create_subprocess_shell(
-            "pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main restart",
-            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
+            self.options.db_restart_command, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
         _, err = await process.communicate()
         if process.returncode != 0:
             raise RuntimeError(f"restarting PostgreSQL failed: {err.decode().strip()}")

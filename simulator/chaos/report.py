@@ -47,6 +47,7 @@ class FinishedRun(Protocol):
     acknowledged: dict[str, str]
     pay_refused: dict[str, str]
     creation_failed: list[str]
+    placements: dict[str, dict[str, Any]]
     timeline: list[dict[str, Any]]
     crash_times: list[float]
     reconcile_runs: list[dict[str, Any]]
@@ -117,11 +118,37 @@ async def build(run: FinishedRun, exit_code: int | None) -> Outcome:
                             "counts": r.get("run", {}).get("counts"), "error": r.get("error")}
                            for r in run.reconcile_runs],
         "creation_gave_up": len(run.creation_failed),
+        "placement": placement_summary(run),
         "payer_refused_at_wechat": dict(collections.Counter(run.pay_refused.values())),
         "discrepancies": dict(collections.Counter(d["category"] for d in discrepancies)),
         "invariants": {i.name: i.holds for i in invariants},
     }
     return Outcome(run.options, invariants, summary, rows, run.timeline, latencies)
+
+
+# Of the payers who found payflow up, the share whose first create got its payment (issue 15's target).
+FIRST_TRY_TARGET = 0.99
+
+
+def placement_summary(run: FinishedRun) -> dict[str, Any]:
+    """How payers fared at `POST /v1/payments`: served at all, served on the first try, and how long the
+    first try took. A payer whose first try found payflow killed (`down`: refused connection) or was cut by
+    the kill (`connection_lost`) could not be served by it, and is left out of the share."""
+    records = list(run.placements.values())
+    first = collections.Counter(r.get("first", "none") for r in records)
+    orders = len(run.plan.orders)
+    arrived_up = orders - first["down"] - first["connection_lost"]
+    window = max((o.create_at for o in run.plan.orders), default=0.0)
+    share = first["ok"] / arrived_up if arrived_up else 1.0
+    return {
+        "offered_per_second": round(orders / window, 1) if window else None,
+        "served": len(run.acknowledged), "first_try": first["ok"],
+        "first_try_share_while_up": round(share, 4), "target": FIRST_TRY_TARGET,
+        "target_met": share >= FIRST_TRY_TARGET,
+        "first_outcomes": dict(first),
+        "retries": sum(r["tries"] - 1 for r in records),
+        "first_try_ms": _percentiles([r["first_ms"] for r in records if r.get("first") == "ok"]),
+    }
 
 
 async def read_store(store: PaymentStore) -> dict[str, dict[str, Any]]:
@@ -172,6 +199,7 @@ def render(outcome: Outcome) -> str:
         f"  WeChat → backend    p50 {t['p50']} s · p95 {t['p95']} s · p99 {t['p99']} s · max {t['max']} s "
         f"(n={t['n']})",
         f"  discrepancies       {_kv(s['discrepancies']) or 'none'}",
+        _placement_line(s["placement"]),
         "",
     ]
     for invariant in outcome.invariants:
@@ -181,6 +209,15 @@ def render(outcome: Outcome) -> str:
         if len(invariant.failures) > 10:
             lines.append(f"       … and {len(invariant.failures) - 10} more (see --json)")
     return "\n".join(lines)
+
+
+def _placement_line(p: dict[str, Any]) -> str:
+    ms = p["first_try_ms"]
+    verdict = "met" if p["target_met"] else "MISSED"
+    return (f"  payers              {p['offered_per_second']}/s offered · served {p['served']} · first try "
+            f"{p['first_try']} ({p['first_try_share_while_up']:.2%} of those who found payflow up; target "
+            f"{p['target']:.0%} {verdict}) · first try p50 {ms['p50']} ms · p99 {ms['p99']} ms · "
+            f"first outcomes {_kv(p['first_outcomes'])}")
 
 
 def compare(payflow: Outcome, naive: Outcome) -> str:

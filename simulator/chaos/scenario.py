@@ -8,6 +8,9 @@ import random
 from simulator.backend.faults import BackendFaults
 from simulator.wechat.faults import WechatFaults
 
+# The machine's Debian-packaged PostgreSQL; the tests' embedded server brings its own (tests/postgres_server.py).
+DB_RESTART_COMMAND = "pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main restart"
+
 FATES = ("pays", "never", "late", "wrong_amount", "cancelled")
 # How a default population behaves: most pay, some never do, a few pay at the last moment, pay the
 # wrong amount, or have their order cancelled at the business before paying.
@@ -20,6 +23,9 @@ class Options:
 
     orders: int = 300
     seed: int = 1
+    # Payers arriving per second at most: creations spread over `orders / placement_rate` seconds (15 s at
+    # least), kept below payflow's place-order budget (PAYFLOW_WECHAT_BUDGETS jsapi, 100/s by default).
+    placement_rate: float = 80.0
     strategy: str = "payflow"  # or "naive"
     crashes: int = 2
     ttl: float = 60.0
@@ -32,6 +38,7 @@ class Options:
     replicas: int = 1
     database: str | None = None  # postgresql://... (a fresh schema per run); None: a temporary SQLite file
     db_restart: bool = False  # restart PostgreSQL once mid-run
+    db_restart_command: str = DB_RESTART_COMMAND  # a shell command that returns once PostgreSQL is back
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,8 +65,11 @@ class Scenario:
         return max(o.create_at + (o.pay_after or 0.0) for o in self.orders)
 
 
-def build(seed: int, orders: int, *, ttl: float = 60.0, spread: float = 15.0, crashes: int = 2) -> Scenario:
+def build(seed: int, orders: int, *, ttl: float = 60.0, spread: float = 15.0, crashes: int = 2,
+          placement_rate: float | None = None) -> Scenario:
     rng = random.Random(f"chaos:{seed}")
+    if placement_rate is not None:
+        spread = max(spread, orders / placement_rate)
     plan = []
     for i in range(orders):
         fate = rng.choices(FATES, FATE_WEIGHTS)[0]

@@ -11,8 +11,8 @@ from aiohttp import web
 from payflow import logs
 from payflow.clock import SHANGHAI
 from payflow.wechat import crypto
-from simulator.wechat import bills, protocol, validation
-from simulator.wechat.appkeys import BILLS, CLOCK, FAULTS, KEYS, LEDGER
+from simulator.wechat import bills, faults, protocol, validation
+from simulator.wechat.appkeys import BILLS, CLOCK, FAULTS, KEYS, LEDGER, MERCHANT_CERTIFICATES, REFUNDS
 from simulator.wechat.ledger import LedgerError, Order
 from simulator.wechat.protocol import ApiError
 
@@ -35,8 +35,12 @@ async def api_middleware(request: web.Request, handler: Any) -> web.StreamRespon
     keys, clock = request.app[KEYS], request.app[CLOCK]
     try:
         protocol.check_headers(request, keys)
-        protocol.authenticate(request, await request.read(), keys, clock.now())
-        fault = request.app[FAULTS].api()
+        protocol.authenticate(request, await request.read(), keys, clock.now(),
+                              certificates=request.app[MERCHANT_CERTIFICATES])
+        dice = request.app[FAULTS]
+        fault = dice.api()  # rolled first, so a limited call does not shift later fault decisions
+        if not dice.admit(faults.api_of(request.method, request.path)):
+            raise ApiError(429, "FREQUENCY_LIMITED", "频率超限")
         if fault.latency > 0:
             await asyncio.sleep(fault.latency)
         if fault.kind == "frequency_limited":
@@ -93,6 +97,7 @@ async def close(request: web.Request) -> web.Response:
 async def trade_bill(request: web.Request) -> web.Response:
     keys, now = request.app[KEYS], request.app[CLOCK].now()
     day, bill_type, compress = validation.bill_request(request.query, now.astimezone(SHANGHAI).date())
+    request.app[REFUNDS].advance(now)  # refund lines show the status each refund has reached by now
     plain = bills.render(request.app[LEDGER].orders(now), day, bill_type)
     token = request.app[BILLS].issue(plain, compress=compress, now=now)
     # The SDKs strip their own gateway prefix from download_url, so it must name this very server.

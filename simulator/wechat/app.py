@@ -12,12 +12,13 @@ from aiohttp import web
 
 from payflow.clock import Clock, SystemClock
 from payflow.devkeys import KeySet
-from simulator.wechat import api, control
-from simulator.wechat.appkeys import BILLS, CLOCK, FAULTS, KEYS, LEDGER, NOTIFIER
+from simulator.wechat import api, control, refund_api
+from simulator.wechat.appkeys import BILLS, CLOCK, FAULTS, KEYS, LEDGER, MERCHANT_CERTIFICATES, NOTIFIER, REFUNDS
 from simulator.wechat.bills import BillFiles
 from simulator.wechat.faults import FaultDice, WechatFaults
 from simulator.wechat.ledger import Ledger
 from simulator.wechat.notifier import Notifier
+from simulator.wechat.refunds import RefundDesk
 
 STOP_GRACE = 5.0
 MAX_BODY_BYTES = 64 * 1024
@@ -33,18 +34,22 @@ def create_app(
     notify: bool = True,
 ) -> web.Application:
     """The simulator for `keys`' merchant. `time_factor` divides notification retry intervals and
-    delays; with `notify=False` notifications queue up until someone calls `app[NOTIFIER].deliver_due`."""
+    delays and refunds' processing time; with `notify=False` notifications queue up until someone calls
+    `app[NOTIFIER].deliver_due`."""
     if time_factor <= 0:
         raise ValueError("time_factor must be positive")
     app = web.Application(middlewares=[api.api_middleware, control.control_middleware],
                           client_max_size=MAX_BODY_BYTES)
     app[KEYS] = keys
+    app[MERCHANT_CERTIFICATES] = {keys.mch_serial: keys.merchant_public_key}
     app[CLOCK] = clock if clock is not None else SystemClock()
     app[LEDGER] = Ledger(keys.mchid, keys.appid)
     app[FAULTS] = FaultDice(faults, seed)
     app[BILLS] = BillFiles()
+    app[REFUNDS] = RefundDesk(app[LEDGER], app[FAULTS], time_factor=time_factor)
     app.cleanup_ctx.append(_notifier_ctx(time_factor=time_factor, notify=notify))
     api.setup(app)
+    refund_api.setup(app)
     control.setup(app)
     return app
 
@@ -54,6 +59,7 @@ def _notifier_ctx(*, time_factor: float, notify: bool) -> Callable[[web.Applicat
         session = aiohttp.ClientSession()
         notifier = Notifier(app[KEYS], session, app[FAULTS], time_factor=time_factor)
         app[NOTIFIER] = notifier
+        app[REFUNDS].bind(notifier)  # refunds completing on the clock queue notifications from now on
         stop = asyncio.Event()
         loop = None
         if notify:

@@ -1,5 +1,6 @@
-"""Control endpoints under `/sim/v1` (DESIGN §6.6): the payer pays, operators refund or record orders,
-the ledger and the fault plan are read and replaced. Unauthenticated: test tooling only.
+"""Control endpoints under `/sim/v1` (DESIGN §6.6): the payer pays, operators refund or record orders, close
+or mark abnormal a processing refund, the ledger and the fault plan are read and replaced. Unauthenticated:
+test tooling only.
 
 Errors are `{"error": {"code": ..., "message": ...}}`: 400 for bad input, 404 for an unknown order on
 reads, 409 when the order's state forbids the action.
@@ -14,9 +15,9 @@ from typing import Any
 from aiohttp import web
 
 from payflow import logs
-from simulator.wechat.appkeys import CLOCK, FAULTS, LEDGER, NOTIFIER
+from simulator.wechat.appkeys import CLOCK, FAULTS, LEDGER, NOTIFIER, REFUNDS
 from simulator.wechat.faults import WechatFaults
-from simulator.wechat.ledger import LedgerError, Order, rfc3339
+from simulator.wechat.ledger import LedgerError, Order, Refund, rfc3339
 
 log = logs.get_logger(__name__)
 
@@ -64,6 +65,39 @@ async def refund(request: web.Request) -> web.Response:
     return web.json_response(_view(request, request.app[LEDGER].get(no, now)))
 
 
+async def refund_outside(request: web.Request) -> web.Response:
+    """A refund made on the merchant platform: PROCESSING, then it completes and notifies like an API one."""
+    body = await _body(request)
+    order, refund = request.app[REFUNDS].refund_outside(
+        request.match_info["out_trade_no"], request.app[CLOCK].now(), _optional_amount(body),
+        out_refund_no=_optional_string(body, "out_refund_no"), reason=_optional_string(body, "reason"))
+    return web.json_response(_refund_view(request, order, refund), status=201)
+
+
+async def list_refunds(request: web.Request) -> web.Response:
+    found = request.app[REFUNDS].refunds(request.app[CLOCK].now())
+    return web.json_response({"refunds": [_refund_view(request, order, refund) for order, refund in found]})
+
+
+async def get_refund(request: web.Request) -> web.Response:
+    try:
+        order, refund = request.app[REFUNDS].find(request.match_info["out_refund_no"], request.app[CLOCK].now())
+    except LedgerError as exc:
+        raise ControlError(404, exc.code, exc.message) from None
+    return web.json_response(_refund_view(request, order, refund))
+
+
+async def close_refund(request: web.Request) -> web.Response:
+    order, refund = request.app[REFUNDS].close(request.match_info["out_refund_no"], request.app[CLOCK].now())
+    return web.json_response(_refund_view(request, order, refund))
+
+
+async def abnormal_refund(request: web.Request) -> web.Response:
+    desk, now = request.app[REFUNDS], request.app[CLOCK].now()
+    order, refund = desk.mark_abnormal(request.match_info["out_refund_no"], now)
+    return web.json_response(_refund_view(request, order, refund))
+
+
 async def record(request: web.Request) -> web.Response:
     body = await _body(request)
     if body.get("paid") is not True:
@@ -107,6 +141,7 @@ async def put_faults(request: web.Request) -> web.Response:
 
 
 def _view(request: web.Request, order: Order) -> dict[str, Any]:
+    request.app[REFUNDS].advance(request.app[CLOCK].now())  # refund statuses as of now
     notification = request.app[NOTIFIER].get(order.out_trade_no)
     notifications = notification.to_json() if notification is not None else {
         "id": None, "state": "none", "attempts": 0, "next_attempt_at": None,
@@ -127,10 +162,30 @@ def _view(request: web.Request, order: Order) -> dict[str, Any]:
         "notify_url": order.notify_url,
         "refunds": [
             {"refund_id": r.refund_id, "out_refund_no": r.out_refund_no, "amount": r.amount,
-             "created": rfc3339(r.created)}
+             "created": rfc3339(r.created), "status": str(r.status),
+             "success_time": None if r.success_time is None else rfc3339(r.success_time)}
             for r in order.refunds
         ],
         "notifications": notifications,
+    }
+
+
+def _refund_view(request: web.Request, order: Order, refund: Refund) -> dict[str, Any]:
+    return {
+        "out_refund_no": refund.out_refund_no,
+        "refund_id": refund.refund_id,
+        "out_trade_no": order.out_trade_no,
+        "amount": refund.amount,
+        "status": str(refund.status),
+        "created": rfc3339(refund.created),
+        "success_time": None if refund.success_time is None else rfc3339(refund.success_time),
+        "due": None if refund.due is None else rfc3339(refund.due),
+        "via": "api" if refund.params is not None else "platform",
+        "notify_url": refund.notify_url or order.notify_url,
+        "refunded_amount": order.refunded_amount,
+        "trade_state": str(order.state),
+        "notifications": [{"event_type": n.event_type, **n.to_json()}
+                          for n in request.app[NOTIFIER].refund_notifications(refund.out_refund_no)],
     }
 
 
@@ -189,5 +244,10 @@ def setup(app: web.Application) -> None:
     app.router.add_post("/sim/v1/transactions/{out_trade_no}/pay", pay)
     app.router.add_post("/sim/v1/transactions/{out_trade_no}/paying", start_paying)
     app.router.add_post("/sim/v1/transactions/{out_trade_no}/refund", refund)
+    app.router.add_post("/sim/v1/transactions/{out_trade_no}/refunds", refund_outside)
+    app.router.add_get("/sim/v1/refunds", list_refunds)
+    app.router.add_get("/sim/v1/refunds/{out_refund_no}", get_refund)
+    app.router.add_post("/sim/v1/refunds/{out_refund_no}/close", close_refund)
+    app.router.add_post("/sim/v1/refunds/{out_refund_no}/abnormal", abnormal_refund)
     app.router.add_get("/sim/v1/faults", get_faults)
     app.router.add_put("/sim/v1/faults", put_faults)

@@ -9,14 +9,19 @@ import dataclasses
 import json
 import math
 import random
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
 _PROBABILITIES = (
     "drop_first", "drop_retry", "never_deliver", "duplicate", "reorder", "probe",
-    "corrupt_signature", "api_500", "api_429", "api_500_applied",
+    "corrupt_signature", "api_500", "api_429", "api_500_applied", "refund_abnormal",
 )
 _RANGES = (("delay_min", "delay_max"), ("api_latency_min", "api_latency_max"))
+# WeChat limits each API separately (calls per second per merchant; 0: no limit), answering 429
+# FREQUENCY_LIMITED beyond it. Which API a request is: `api_of`.
+LIMITS = {"limit_jsapi": "jsapi", "limit_query": "query", "limit_close": "close", "limit_bill": "bill",
+          "limit_refund": "refund", "limit_refund_query": "refund_query"}
 
 _HELP = {
     "drop_first": "probability that a notification's first send is silently dropped",
@@ -33,6 +38,14 @@ _HELP = {
     "api_500_applied": "share of injected 500s that come after the call took effect",
     "api_latency_min": "minimum real latency (s) added to every API call",
     "api_latency_max": "maximum real latency (s) added to every API call",
+    "limit_jsapi": "JSAPI place-order calls per second before 429 FREQUENCY_LIMITED (0: no limit)",
+    "limit_query": "order queries per second before 429 FREQUENCY_LIMITED (0: no limit)",
+    "limit_close": "close calls per second before 429 FREQUENCY_LIMITED (0: no limit)",
+    "limit_bill": "bill requests and downloads per second before 429 FREQUENCY_LIMITED (0: no limit)",
+    "limit_refund": "refund applications per second before 429 FREQUENCY_LIMITED (0: no limit)",
+    "limit_refund_query": "refund queries per second before 429 FREQUENCY_LIMITED (0: no limit)",
+    "refund_delay": "seconds (divided by --time-factor) a refund stays PROCESSING before it completes",
+    "refund_abnormal": "probability that a refund completes ABNORMAL instead of SUCCESS",
 }
 
 
@@ -54,6 +67,14 @@ class WechatFaults:
     api_500_applied: float = 0.0
     api_latency_min: float = 0.0
     api_latency_max: float = 0.0
+    limit_jsapi: float = 0.0
+    limit_query: float = 0.0
+    limit_close: float = 0.0
+    limit_bill: float = 0.0
+    limit_refund: float = 0.0
+    limit_refund_query: float = 0.0
+    refund_delay: float = 0.0
+    refund_abnormal: float = 0.0
 
     def __post_init__(self) -> None:
         for field in dataclasses.fields(self):
@@ -70,6 +91,11 @@ class WechatFaults:
                 raise ValueError(f"{low}/{high}: seconds must not be negative")
             if getattr(self, low) > getattr(self, high):
                 raise ValueError(f"{low}: must not exceed {high}")
+        for name in LIMITS:
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name}: calls per second must not be negative")
+        if self.refund_delay < 0:
+            raise ValueError("refund_delay: seconds must not be negative")
         if self.api_500 + self.api_429 > 1.0:
             raise ValueError("api_500: api_500 + api_429 must not exceed 1")
 
@@ -102,7 +128,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             dest=field.name,
             type=float,
             default=field.default,
-            metavar="P" if field.name in _PROBABILITIES else "SECONDS",
+            metavar="P" if field.name in _PROBABILITIES else ("RATE" if field.name in LIMITS else "SECONDS"),
             help=_HELP[field.name],
         )
 
@@ -129,6 +155,12 @@ class SendFaults:
 
 
 @dataclasses.dataclass(frozen=True)
+class RefundFaults:
+    abnormal: bool
+    delay: float  # before time_factor
+
+
+@dataclasses.dataclass(frozen=True)
 class QueueFaults:
     never_deliver: bool
     reorder: bool
@@ -142,11 +174,15 @@ class FaultDice:
     later decisions, and API traffic never perturbs notification decisions (separate streams).
     """
 
-    def __init__(self, plan: WechatFaults | None = None, seed: int = 0) -> None:
+    def __init__(self, plan: WechatFaults | None = None, seed: int = 0, *,
+                 monotonic: Callable[[], float] = time.monotonic) -> None:
         self.plan = plan or WechatFaults()
         self.seed = seed
+        self._monotonic = monotonic
+        self._buckets: dict[str, tuple[float, float]] = {}  # api → (tokens, when counted)
         self._api = random.Random(f"wechat-api:{seed}")
         self._notify = random.Random(f"wechat-notify:{seed}")
+        self._refund = random.Random(f"wechat-refund:{seed}")  # how each accepted refund turns out
         # What was actually injected, for reports: api_500, api_500_applied, api_429, never_deliver, reorder.
         self.injected: collections.Counter[str] = collections.Counter()
 
@@ -163,6 +199,28 @@ class FaultDice:
         if kind != "none":
             self.injected["api_500_applied" if applied else ("api_500" if kind == "system_error" else "api_429")] += 1
         return ApiFault(kind=kind, applied=applied, latency=latency)
+
+    def admit(self, api: str) -> bool:
+        """Whether WeChat's per-API limit lets this call through now (a token bucket holding one second of
+        calls, on real time); a refusal counts as `limited_<api>`. Not a dice roll: it uses no random value."""
+        rate = getattr(self.plan, f"limit_{api}", 0.0)
+        if rate <= 0:
+            return True
+        now = self._monotonic()
+        tokens, counted = self._buckets.get(api, (rate, now))
+        tokens = min(max(rate, 1.0), tokens + (now - counted) * rate)
+        if tokens < 1:
+            self._buckets[api] = (tokens, now)
+            self.injected[f"limited_{api}"] += 1
+            return False
+        self._buckets[api] = (tokens - 1, now)
+        return True
+
+    def refund(self) -> RefundFaults:
+        abnormal = self._refund.random() < self.plan.refund_abnormal
+        if abnormal:
+            self.injected["refund_abnormal"] += 1
+        return RefundFaults(abnormal=abnormal, delay=self.plan.refund_delay)
 
     def queued(self) -> QueueFaults:
         plan, rng = self.plan, self._notify
@@ -182,3 +240,18 @@ class FaultDice:
             duplicate=dup_roll < plan.duplicate,
             next_delay=delay,
         )
+
+
+def api_of(method: str, path: str) -> str:
+    """Which of WeChat's separately limited APIs a request calls (`other` for those without a limit here)."""
+    if path.startswith("/v3/pay/transactions/"):
+        if method == "POST" and path.endswith("/close"):
+            return "close"
+        if method == "POST":
+            return path.rsplit("/", 1)[-1]  # jsapi (native, h5, app: each its own API)
+        return "query"
+    if path.startswith(("/v3/bill/", "/v3/billdownload/")):
+        return "bill"
+    if path.startswith("/v3/refund/domestic/refunds"):
+        return "refund" if method == "POST" else "refund_query"
+    return "other"

@@ -38,6 +38,15 @@ TRADE_STATE_DESC = {
 }
 _PAID = (TradeState.SUCCESS, TradeState.REFUND)
 _OPEN = (TradeState.NOTPAY, TradeState.USERPAYING)
+MAX_REFUNDS = 50  # "每个支付订单的部分退款次数不能超过50次"
+REFUND_WINDOW = dt.timedelta(days=365)  # refunds within a year of success_time
+
+
+class RefundStatus(enum.StrEnum):
+    PROCESSING = "PROCESSING"
+    SUCCESS = "SUCCESS"
+    ABNORMAL = "ABNORMAL"
+    CLOSED = "CLOSED"
 
 
 def rfc3339(moment: dt.datetime) -> str:
@@ -70,12 +79,45 @@ class JsapiRequest:
     attach: str | None = None
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
+class RefundRequest:
+    """A validated refund body; `params` is the whole JSON object. One of out_trade_no / transaction_id."""
+
+    out_refund_no: str
+    refund: int
+    total: int
+    params: Mapping[str, Any]
+    out_trade_no: str | None = None
+    transaction_id: str | None = None
+    reason: str | None = None
+    notify_url: str | None = None
+    funds_account: str | None = None
+
+
+@dataclasses.dataclass(eq=False)
 class Refund:
+    """One refund of an order. `status` is what WeChat reports; a PROCESSING one turns into `outcome` at
+    `due` (see refunds.py, which drives it on the simulator's clock)."""
+
     refund_id: str
     out_refund_no: str
     amount: int
     created: dt.datetime
+    out_trade_no: str = ""
+    status: RefundStatus = RefundStatus.SUCCESS
+    success_time: dt.datetime | None = None
+    finished_at: dt.datetime | None = None  # when it left PROCESSING
+    reason: str | None = None
+    notify_url: str | None = None
+    funds_account: str | None = None
+    params: Mapping[str, Any] | None = None  # the API body, compared on re-entry; None: made through /sim
+    due: dt.datetime | None = None
+    outcome: RefundStatus = RefundStatus.SUCCESS
+
+    @property
+    def counts(self) -> bool:
+        """Whether it takes from the order's refundable amount: a closed refund gives it back."""
+        return self.status is not RefundStatus.CLOSED
 
 
 @dataclasses.dataclass(eq=False)
@@ -103,7 +145,7 @@ class Order:
 
     @property
     def refunded_amount(self) -> int:
-        return sum(refund.amount for refund in self.refunds)
+        return sum(refund.amount for refund in self.refunds if refund.counts)
 
     def transaction(self) -> dict[str, Any]:
         """The query / notification resource, in the field order of real notifications (§6.3)."""
@@ -147,6 +189,7 @@ class Ledger:
         self.appid = appid
         self._orders: dict[str, Order] = {}
         self._by_transaction: dict[str, Order] = {}
+        self._refunds: dict[str, Refund] = {}  # by out_refund_no: unique per merchant
         self._serial = itertools.count(1)
 
     # -- reads ----------------------------------------------------------------------------------
@@ -169,6 +212,12 @@ class Ledger:
         for order in self._orders.values():
             self._expire(order, now)
         return list(self._orders.values())
+
+    def find_refund(self, out_refund_no: str) -> Refund | None:
+        return self._refunds.get(out_refund_no)
+
+    def refunds(self) -> list[Refund]:
+        return list(self._refunds.values())
 
     # -- merchant operations --------------------------------------------------------------------
 
@@ -230,11 +279,19 @@ class Ledger:
         return order
 
     def refund(
-        self, out_trade_no: str, now: dt.datetime, amount: int | None = None, out_refund_no: str | None = None
+        self, out_trade_no: str, now: dt.datetime, amount: int | None = None, out_refund_no: str | None = None,
+        *, status: RefundStatus = RefundStatus.SUCCESS, reason: str | None = None, notify_url: str | None = None,
+        funds_account: str | None = None, params: Mapping[str, Any] | None = None,
     ) -> Refund:
+        """Accept a refund of a paid order (by default what is left of it). It is `status` at once: SUCCESS
+        for an operator's instant refund, PROCESSING for one that refunds.py completes later."""
         order = self.get(out_trade_no, now)
         if order.state not in _PAID or order.paid_amount is None:
             raise LedgerError("NOT_PAID", f"order {out_trade_no} is {order.state}, only paid orders refund")
+        if out_refund_no is not None and out_refund_no in self._refunds:
+            raise LedgerError("REFUND_NO_USED", f"out_refund_no {out_refund_no} is already used")
+        if len(order.refunds) >= MAX_REFUNDS:
+            raise LedgerError("TOO_MANY_REFUNDS", f"order {out_trade_no} has had {MAX_REFUNDS} refunds")
         remaining = order.paid_amount - order.refunded_amount
         amount = remaining if amount is None else amount
         if not 1 <= amount <= remaining:
@@ -246,8 +303,20 @@ class Ledger:
             out_refund_no=out_refund_no or f"RF{out_trade_no}{len(order.refunds) + 1}"[:64],
             amount=amount,
             created=now,
+            out_trade_no=out_trade_no,
+            status=status,
+            reason=reason,
+            notify_url=notify_url,
+            funds_account=funds_account,
+            params=None if params is None else dict(params),
         )
+        if refund.out_refund_no in self._refunds:
+            raise LedgerError("REFUND_NO_USED", f"out_refund_no {refund.out_refund_no} is already used")
+        if status is RefundStatus.SUCCESS:
+            refund.success_time = refund.finished_at = now
         order.refunds.append(refund)
+        self._refunds[refund.out_refund_no] = refund
+        # 转入退款: the order reads REFUND from the moment a refund is accepted (§4.2).
         order.state = TradeState.REFUND
         return refund
 

@@ -1,5 +1,6 @@
-"""Payment notifications (WECHATPAY_V3.md §6): encrypted, signed TRANSACTION.SUCCESS posts to the
-order's notify_url, retried on WeChat's schedule, with the fault plan's drops, duplicates and probes.
+"""Notifications (WECHATPAY_V3.md §6): encrypted, signed TRANSACTION.SUCCESS posts to the order's notify_url
+and REFUND.SUCCESS / ABNORMAL / CLOSED posts for refunds, retried on WeChat's schedule, with the fault plan's
+drops, duplicates and probes.
 
 `deliver_due(now)` sends whatever is due and returns (burst mode: tests drive it with a FakeClock);
 `run(clock, stop)` is the app's background loop around the same queue.
@@ -11,11 +12,12 @@ import asyncio
 import base64
 import dataclasses
 import datetime as dt
+import itertools
 import json
 import secrets
 import uuid
-from collections.abc import Sequence
-from typing import Any, Literal
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any, Literal, Protocol
 
 import aiohttp
 
@@ -23,8 +25,8 @@ from payflow import logs
 from payflow.clock import Clock
 from payflow.devkeys import KeySet
 from payflow.wechat import crypto
-from simulator.wechat.faults import FaultDice, SendFaults
-from simulator.wechat.ledger import Order, rfc3339
+from simulator.wechat.faults import FaultDice, QueueFaults, SendFaults
+from simulator.wechat.ledger import Order, Refund, RefundStatus, rfc3339
 
 log = logs.get_logger(__name__)
 
@@ -36,6 +38,18 @@ ACK_TIMEOUT = 5.0
 ACK_STATUSES = frozenset({200, 204})
 IDLE_POLL = 1.0
 _NAMESPACE = uuid.UUID("6f1c7f3e-2b7c-4a55-9d0e-3c1f5a8e2b10")
+REFUND_SUMMARIES = {
+    RefundStatus.SUCCESS: "退款成功", RefundStatus.ABNORMAL: "退款异常", RefundStatus.CLOSED: "退款关闭",
+}
+
+
+class Clockwork(Protocol):
+    """Something else that moves on the simulator's clock and may queue notifications (refunds completing):
+    advanced before every delivery pass, and its `next_due` wakes the background loop."""
+
+    def advance(self, now: dt.datetime) -> object: ...
+
+    def next_due(self) -> dt.datetime | None: ...
 
 
 @dataclasses.dataclass
@@ -63,6 +77,8 @@ class Notification:
     due: dt.datetime | None
     never_deliver: bool = False
     held: bool = False
+    out_refund_no: str | None = None  # set on refund notifications
+    event_type: str = "TRANSACTION.SUCCESS"
     attempts: int = 0
     state: Literal["pending", "acked", "exhausted"] = "pending"
     in_flight: bool = False
@@ -74,7 +90,8 @@ class Notification:
 
 
 class Notifier:
-    """One notification per paid order, each with a stable id; sends happen in tracked tasks."""
+    """One notification per paid order and one per refund outcome, each with a stable id; sends happen in
+    tracked tasks."""
 
     def __init__(
         self,
@@ -95,6 +112,9 @@ class Notifier:
         self._ack_timeout = ack_timeout
         self._schedule = tuple(schedule)
         self._by_order: dict[str, Notification] = {}
+        self._by_refund: dict[tuple[str, str], Notification] = {}  # (out_refund_no, refund status)
+        self._seq = itertools.count()
+        self._clockworks: list[Clockwork] = []
         self._tasks: set[asyncio.Task[None]] = set()
         self._wakeup = asyncio.Event()
 
@@ -114,12 +134,44 @@ class Notifier:
         faults = self._dice.queued()
         # Derived from the transaction, so the id is stable across retries and across runs.
         notification_id = str(uuid.uuid5(_NAMESPACE, f"{order.mchid}:{order.transaction_id}"))
+        body = self._envelope(notification_id, "TRANSACTION.SUCCESS", "支付成功", "transaction",
+                              order.transaction(), now)
+        notification = self._new(notification_id, order.out_trade_no, order.notify_url, body, faults, now)
+        self._by_order[order.out_trade_no] = notification
+        log.info("notification.queued", out_trade_no=order.out_trade_no, notification_id=notification.id)
+        self._wakeup.set()
+        return notification
+
+    def enqueue_refund(self, refund: Refund, resource: Mapping[str, Any], url: str,
+                       now: dt.datetime) -> Notification:
+        """Queue the REFUND.<status> notification of a refund that just reached `refund.status` (once per
+        refund and status); `resource` is the plaintext WeChat encrypts (refunds.py builds it)."""
+        key = (refund.out_refund_no, str(refund.status))
+        existing = self._by_refund.get(key)
+        if existing is not None:
+            return existing
+        summary = REFUND_SUMMARIES.get(refund.status)
+        if summary is None:
+            raise ValueError(f"refund {refund.out_refund_no} is {refund.status}: nothing to notify")
+        faults = self._dice.queued()
+        notification_id = str(uuid.uuid5(_NAMESPACE, f"{self._keys.mchid}:{refund.refund_id}:{refund.status}"))
+        body = self._envelope(notification_id, f"REFUND.{refund.status}", summary, "refund", resource, now)
+        notification = self._new(notification_id, refund.out_trade_no, url, body, faults, now)
+        notification.out_refund_no, notification.event_type = refund.out_refund_no, f"REFUND.{refund.status}"
+        self._by_refund[key] = notification
+        log.info("notification.queued", out_trade_no=refund.out_trade_no, out_refund_no=refund.out_refund_no,
+                 refund_status=str(refund.status), notification_id=notification.id)
+        self._wakeup.set()
+        return notification
+
+    def _new(self, notification_id: str, out_trade_no: str, url: str, body: bytes, faults: QueueFaults,
+             now: dt.datetime) -> Notification:
         notification = Notification(
             id=notification_id,
-            out_trade_no=order.out_trade_no,
-            url=order.notify_url,
-            body=self._envelope(notification_id, order, now),
-            seq=len(self._by_order),
+            out_trade_no=out_trade_no,
+            url=url,
+            body=body,
+            seq=next(self._seq),
             due=now + self._seconds(faults.delay),
             never_deliver=faults.never_deliver,
             held=faults.reorder,
@@ -127,20 +179,33 @@ class Notifier:
         if notification.held:
             # Held until the next notification has gone out; the first retry slot is the backstop.
             notification.due = now + self._seconds(self._schedule[0] + faults.delay)
-        self._by_order[order.out_trade_no] = notification
-        log.info("notification.queued", out_trade_no=order.out_trade_no, notification_id=notification.id)
-        self._wakeup.set()
         return notification
 
     def get(self, out_trade_no: str) -> Notification | None:
         return self._by_order.get(out_trade_no)
 
+    def refund_notifications(self, out_refund_no: str) -> list[Notification]:
+        """A refund's notifications in the order they were queued (ABNORMAL may be followed by CLOSED)."""
+        return [n for (no, _), n in self._by_refund.items() if no == out_refund_no]
+
     def notifications(self) -> list[Notification]:
-        return list(self._by_order.values())
+        return list(self._all())
+
+    def attach(self, clockwork: Clockwork) -> None:
+        self._clockworks.append(clockwork)
+        self._wakeup.set()
+
+    def wake(self) -> None:
+        """Make the background loop look again at what is due (e.g. a refund was just accepted)."""
+        self._wakeup.set()
 
     def next_due(self) -> dt.datetime | None:
-        pending = [n.due for n in self._by_order.values() if n.due is not None and not n.in_flight]
+        pending = [n.due for n in self._all() if n.due is not None and not n.in_flight]
+        pending.extend(due for c in self._clockworks if (due := c.next_due()) is not None)
         return min(pending, default=None)
+
+    def _all(self) -> Iterator[Notification]:
+        return itertools.chain(self._by_order.values(), self._by_refund.values())
 
     # -- delivery -------------------------------------------------------------------------------
 
@@ -180,7 +245,9 @@ class Notifier:
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
     def _start_due(self, now: dt.datetime) -> list[asyncio.Task[None] | None]:
-        due = [n for n in self._by_order.values() if n.due is not None and n.due <= now and not n.in_flight]
+        for clockwork in self._clockworks:
+            clockwork.advance(now)  # first: what it makes due (a refund completing) may queue a notification
+        due = [n for n in self._all() if n.due is not None and n.due <= now and not n.in_flight]
         # Decisions are rolled here, synchronously and in a fixed order, so a seed replays exactly.
         due.sort(key=lambda n: (n.due, n.seq))
         return [self._start(n, now) for n in due]
@@ -245,7 +312,7 @@ class Notifier:
         else:
             n.due = retry_at
         if first:
-            for other in self._by_order.values():
+            for other in self._all():
                 if other.held and other is not n:
                     other.held, other.due = False, now
         self._wakeup.set()
@@ -265,20 +332,22 @@ class Notifier:
 
     # -- message --------------------------------------------------------------------------------
 
-    def _envelope(self, notification_id: str, order: Order, now: dt.datetime) -> bytes:
+    def _envelope(self, notification_id: str, event_type: str, summary: str, original_type: str,
+                  resource: Mapping[str, Any], now: dt.datetime) -> bytes:
+        # associated_data is the original_type in real captures: "transaction", "refund" (§6.1).
         nonce = crypto.nonce_str(crypto.AEAD_NONCE_BYTES)
-        plaintext = json.dumps(order.transaction(), ensure_ascii=False, separators=(",", ":")).encode()
+        plaintext = json.dumps(resource, ensure_ascii=False, separators=(",", ":")).encode()
         envelope = {
             "id": notification_id,
             "create_time": rfc3339(now),
             "resource_type": "encrypt-resource",
-            "event_type": "TRANSACTION.SUCCESS",
-            "summary": "支付成功",
+            "event_type": event_type,
+            "summary": summary,
             "resource": {
-                "original_type": "transaction",
+                "original_type": original_type,
                 "algorithm": "AEAD_AES_256_GCM",
-                "ciphertext": crypto.aead_encrypt(self._keys.apiv3_key, nonce, "transaction", plaintext),
-                "associated_data": "transaction",
+                "ciphertext": crypto.aead_encrypt(self._keys.apiv3_key, nonce, original_type, plaintext),
+                "associated_data": original_type,
                 "nonce": nonce,
             },
         }

@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from aiohttp import web
+from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 
 from payflow.devkeys import KeySet
 from payflow.wechat import crypto
@@ -79,8 +80,12 @@ def check_headers(request: web.Request, keys: KeySet) -> None:
         raise ApiError(400, "INVALID_REQUEST", f"Wechatpay-Serial {serial!r} is not this merchant's key")
 
 
-def authenticate(request: web.Request, body: bytes, keys: KeySet, now: dt.datetime) -> None:
-    """Verify the merchant's `Authorization` over the request target and body exactly as received."""
+def authenticate(request: web.Request, body: bytes, keys: KeySet, now: dt.datetime, *,
+                 certificates: Mapping[str, RSAPublicKey] | None = None) -> None:
+    """Verify the merchant's `Authorization` over the request target and body exactly as received, with the
+    merchant certificate its `serial_no` names (`certificates`; default: the key set's own)."""
+    if certificates is None:
+        certificates = {keys.mch_serial: keys.merchant_public_key}
     header = request.headers.get("Authorization")
     if not header:
         raise _sign_error("Authorization header is missing")
@@ -90,7 +95,8 @@ def authenticate(request: web.Request, body: bytes, keys: KeySet, now: dt.dateti
         raise _sign_error(f"malformed Authorization: {exc}") from None
     if auth["mchid"] != keys.mchid:
         raise _sign_error(f"mchid {auth['mchid']!r} in Authorization is unknown")
-    if auth["serial_no"] != keys.mch_serial:
+    public_key = certificates.get(auth["serial_no"])
+    if public_key is None:
         raise _sign_error(f"serial_no {auth['serial_no']!r} is not the merchant certificate serial")
     if abs(now.timestamp() - int(auth["timestamp"])) >= REQUEST_SKEW:
         raise _sign_error(f"timestamp {auth['timestamp']} is not within {REQUEST_SKEW}s of the server time")
@@ -99,7 +105,7 @@ def authenticate(request: web.Request, body: bytes, keys: KeySet, now: dt.dateti
         message = crypto.build_request_message(
             request.method, request.raw_path, auth["timestamp"], auth["nonce_str"], body
         )
-        crypto.verify(keys.merchant_public_key, message, auth["signature"])
+        crypto.verify(public_key, message, auth["signature"])
     except (ValueError, crypto.SignatureInvalid):
         raise _sign_error("sign not match") from None
 

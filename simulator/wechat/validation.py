@@ -1,4 +1,5 @@
-"""Field rules of the simulated API's request bodies and query strings (WECHATPAY_V3.md §3.1, §4, §5, §8)."""
+"""Field rules of the simulated API's request bodies and query strings (WECHATPAY_V3.md §3.1, §4, §5, §8;
+refunds: docs/wechatpay-refunds.md)."""
 
 from __future__ import annotations
 
@@ -11,11 +12,13 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from payflow.devkeys import KeySet
-from simulator.wechat.ledger import JsapiRequest
+from simulator.wechat.ledger import JsapiRequest, RefundRequest
 from simulator.wechat.protocol import ApiError, param_error
 
 _OUT_TRADE_NO = re.compile(r"[0-9A-Za-z_\-|*]{6,32}")
 _BILL_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
+_OUT_REFUND_NO = re.compile(r"[0-9A-Za-z_\-|*@]{1,64}")
+FUNDS_ACCOUNTS = ("AVAILABLE", "UNSETTLED")
 BILL_TYPES = ("ALL", "SUCCESS", "REFUND")
 _LOOPBACK_NAMES = ("localhost",)
 
@@ -64,6 +67,46 @@ def jsapi(body: bytes, keys: KeySet) -> JsapiRequest:
         notify_url=notify_url, total=total, openid=openid, params=data, time_expire=time_expire,
         attach=attach,
     )
+
+
+def refund(body: bytes) -> RefundRequest:
+    """Validate a refund application (`POST /v3/refund/domestic/refunds`); the first broken rule is the error."""
+    data = json_object(body)
+    transaction_id = _string(data, "transaction_id", 32, required=False)
+    out_trade_no = _string(data, "out_trade_no", 32, required=False)
+    if transaction_id is None and out_trade_no is None:
+        raise param_error("/out_trade_no", "transaction_id和out_trade_no必须二选一填写")
+    if out_trade_no is not None and not _OUT_TRADE_NO.fullmatch(out_trade_no):
+        raise param_error("/out_trade_no", "out_trade_no必须为6-32位数字、大小写字母、_-|*", out_trade_no)
+    out_refund_no = _string(data, "out_refund_no", 64)
+    if not _OUT_REFUND_NO.fullmatch(out_refund_no):
+        raise param_error("/out_refund_no", "out_refund_no只能是数字、大小写字母_-|*@", out_refund_no)
+    reason = _string(data, "reason", 80, required=False)
+    notify_url = data.get("notify_url")
+    if notify_url is not None:
+        notify_url = _notify_url(_string(data, "notify_url", 256))
+    funds_account = data.get("funds_account")
+    if funds_account is not None and funds_account not in FUNDS_ACCOUNTS:
+        raise param_error("/funds_account", f"funds_account只能为{'、'.join(FUNDS_ACCOUNTS)}", funds_account)
+    amount = _object(data, "amount")
+    refund_amount, total = (_fen(amount, name) for name in ("refund", "total"))
+    if _string(amount, "currency", 16, prefix="/amount") != "CNY":
+        raise param_error("/amount/currency", "amount.currency只能为CNY", amount["currency"])
+    for pointer, value in (("/amount/from", amount.get("from", [])), ("/goods_detail", data.get("goods_detail", []))):
+        # Accepted, not acted upon: the simulator has one funds account and no goods.
+        if not isinstance(value, list) or not all(isinstance(item, dict) for item in value):
+            raise param_error(pointer, f"{pointer}必须为对象数组", value)
+    return RefundRequest(
+        out_refund_no=out_refund_no, refund=refund_amount, total=total, params=data, out_trade_no=out_trade_no,
+        transaction_id=transaction_id, reason=reason, notify_url=notify_url, funds_account=funds_account,
+    )
+
+
+def _fen(amount: Mapping[str, Any], name: str) -> int:
+    value = amount.get(name)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise param_error(f"/amount/{name}", f"amount.{name}必须为不小于1的整数（单位：分）", value)
+    return value
 
 
 def query_mchid(query: Mapping[str, str], keys: KeySet) -> None:

@@ -19,9 +19,9 @@ import asyncpg
 import pytest
 
 from payflow import devkeys
+from tests import postgres_server
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
-POSTGRES = os.environ.get("PAYFLOW_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
 
 DB_PASSWORD = "pg-Secret-7f3a9c1e"  # trust auth: PostgreSQL accepts any password
 API_TOKEN = "api-Secret-4d2b8e6f"
@@ -36,6 +36,11 @@ def _with_password(url: str, password: str, *, in_query: bool = False) -> str:
     user = parts.username or "postgres"
     host = parts.netloc.rpartition("@")[2]
     return urllib.parse.urlunsplit(parts._replace(netloc=f"{user}:{password}@{host}"))
+
+
+def _address(url: str) -> str:
+    """host:port of a URL, as the redacted URL in a log line shows it."""
+    return urllib.parse.urlsplit(url).netloc.rpartition("@")[2]
 
 
 def _secrets(keyset: devkeys.KeySet) -> dict[str, str]:
@@ -86,9 +91,9 @@ async def _run(env: dict[str, str], *args: str) -> tuple[int, str]:
         return process.returncode, stdout.decode() + stderr.decode()
 
 
-async def _execute(sql: str) -> None:
+async def _execute(url: str, sql: str) -> None:
     # A connection per statement: one held across the test dies with any restart of the shared PostgreSQL.
-    connection = await asyncpg.connect(POSTGRES)
+    connection = await asyncpg.connect(url)
     try:
         await connection.execute(sql)
     finally:
@@ -96,18 +101,19 @@ async def _execute(sql: str) -> None:
 
 
 @pytest.fixture
-async def schema() -> AsyncIterator[str]:
+async def schema(postgres: postgres_server.Server) -> AsyncIterator[str]:
     name = f"t_{uuid.uuid4().hex[:12]}"
-    await _execute(f"CREATE SCHEMA {name}")
+    await _execute(postgres.url, f"CREATE SCHEMA {name}")
     try:
         yield name
     finally:
-        await _execute(f"DROP SCHEMA {name} CASCADE")
+        await _execute(postgres.url, f"DROP SCHEMA {name} CASCADE")
 
 
 @pytest.mark.parametrize("in_query", [False, True], ids=["userinfo", "query"])
-async def test_serve_logs_and_answers_carry_no_secret(keyset: devkeys.KeySet, schema: str, in_query: bool) -> None:
-    url = _with_password(f"{POSTGRES}?search_path={schema}", DB_PASSWORD, in_query=in_query)
+async def test_serve_logs_and_answers_carry_no_secret(keyset: devkeys.KeySet, postgres: postgres_server.Server,
+                                                     schema: str, in_query: bool) -> None:
+    url = _with_password(f"{postgres.url}?search_path={schema}", DB_PASSWORD, in_query=in_query)
     seen: list[str] = []
     async with _process(_env(keyset, url), "serve") as process:
         assert process.stderr is not None and process.stdout is not None
@@ -119,7 +125,7 @@ async def test_serve_logs_and_answers_carry_no_secret(keyset: devkeys.KeySet, sc
             record = json.loads(line)
             if record.get("event") == "serve.listening":
                 listening = record
-        assert "***" in listening["database"] and "127.0.0.1:5432" in listening["database"]
+        assert "***" in listening["database"] and _address(postgres.url) in listening["database"]
         base = f"http://{listening['addresses'][0]}"
         calls = [("GET", "/readyz", None, None), ("GET", "/healthz", None, None), ("GET", "/metrics", None, None),
                  ("GET", "/v1/payments/NOPE000001", API_TOKEN, None),
@@ -141,8 +147,11 @@ async def test_serve_logs_and_answers_carry_no_secret(keyset: devkeys.KeySet, sc
     _assert_no_secret(text, keyset)
 
 
-async def test_failing_commands_name_the_database_without_its_password(keyset: devkeys.KeySet) -> None:
-    with_password = _with_password(POSTGRES, DB_PASSWORD)
+async def test_failing_commands_name_the_database_without_its_password(
+    keyset: devkeys.KeySet, postgres: postgres_server.Server, schema: str
+) -> None:
+    # Its own schema: the shared database's `public` may hold another payflow version's tables.
+    with_password = _with_password(f"{postgres.url}?search_path={schema}", DB_PASSWORD)
     unreachable = f"postgresql://payflow:{DB_PASSWORD}@127.0.0.1:1/payflow"
     runs = [
         (f"mysql://payflow:{DB_PASSWORD}@db.internal/payflow", ("serve",), 2),
@@ -163,4 +172,5 @@ async def test_failing_commands_name_the_database_without_its_password(keyset: d
         _assert_no_secret(output, keyset)
         outputs.append(output)
     assert all("PAYFLOW_DATABASE_URL" in outputs[i] for i in (0, 1, 3, 6, 7, 8))
-    assert "postgres:***@127.0.0.1:5432/test" in outputs[4]  # it still says which database it looked in
+    parts = urllib.parse.urlsplit(postgres.url)  # it still says which database it looked in:
+    assert f"{parts.username or 'postgres'}:***@{_address(postgres.url)}{parts.path}" in outputs[4]

@@ -1,12 +1,11 @@
 """The `store` fixture, parametrized over every backend; the contract suite runs unchanged on each.
 
-PostgreSQL runs on 127.0.0.1:5432 (database `test`, trust auth; `.ci/run` starts it). Each test gets
-its own schema, dropped afterwards.
+PostgreSQL is the run's one server (the session fixture `postgres`: the machine's, the one PAYFLOW_TEST_POSTGRES
+names, or an embedded one). Each test gets its own schema, dropped afterwards.
 """
 
 from __future__ import annotations
 
-import os
 import pathlib
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -15,9 +14,9 @@ import asyncpg
 import pytest
 
 from payflow.store import PaymentStore, open_store
+from tests import postgres_server
 
 BACKENDS = ["sqlite", "postgresql"]
-POSTGRES = os.environ.get("PAYFLOW_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
 
 
 @pytest.fixture(params=BACKENDS)
@@ -25,11 +24,13 @@ async def store_url(request: pytest.FixtureRequest, tmp_path: pathlib.Path) -> A
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'payflow.db'}"
         return
+    # Asked for here, not as an argument: a run of the SQLite cases alone starts no PostgreSQL.
+    postgres: postgres_server.Server = request.getfixturevalue("postgres")
     schema = f"t_{uuid.uuid4().hex[:12]}"
-    admin = await asyncpg.connect(POSTGRES)
+    admin = await asyncpg.connect(postgres.url)
     try:
         await admin.execute(f"CREATE SCHEMA {schema}")
-        yield f"{POSTGRES}?search_path={schema}"
+        yield f"{postgres.url}?search_path={schema}"
     finally:
         await admin.execute(f"DROP SCHEMA {schema} CASCADE")
         await admin.close()

@@ -14,29 +14,29 @@ from payflow.states import Source
 from payflow.store import open_store
 from payflow.store.postgres import PostgresStore
 from payflow.store.postgres_schema import MIGRATIONS
-from tests import factories
-from tests.contract.conftest import POSTGRES
+from tests import factories, postgres_server
 
 
 @pytest.fixture
-async def schema_url() -> AsyncIterator[tuple[str, str]]:
+async def schema_url(postgres: postgres_server.Server) -> AsyncIterator[tuple[str, str]]:
     import uuid
 
     schema = f"t_{uuid.uuid4().hex[:12]}"
-    admin = await asyncpg.connect(POSTGRES)
+    admin = await asyncpg.connect(postgres.url)
     await admin.execute(f"CREATE SCHEMA {schema}")
     try:
-        yield schema, f"{POSTGRES}?search_path={schema}&application_name=payflow-{schema}"
+        yield schema, f"{postgres.url}?search_path={schema}&application_name=payflow-{schema}"
     finally:
         await admin.execute(f"DROP SCHEMA {schema} CASCADE")
         await admin.close()
 
 
-async def test_replicas_starting_together_migrate_once(schema_url: tuple[str, str]) -> None:
+async def test_replicas_starting_together_migrate_once(schema_url: tuple[str, str],
+                                                      postgres: postgres_server.Server) -> None:
     schema, url = schema_url
     stores = await asyncio.gather(*(open_store(url) for _ in range(4)))
     try:
-        admin = await asyncpg.connect(POSTGRES)
+        admin = await asyncpg.connect(postgres.url)
         try:
             versions = await admin.fetch(f"SELECT version FROM {schema}.payflow_schema ORDER BY version")
         finally:
@@ -47,13 +47,27 @@ async def test_replicas_starting_together_migrate_once(schema_url: tuple[str, st
             await store.close()
 
 
-async def test_the_pool_recovers_after_the_database_drops_every_connection(schema_url: tuple[str, str]) -> None:
+async def test_a_newer_schema_is_refused_as_a_store_error(schema_url: tuple[str, str],
+                                                          postgres: postgres_server.Server) -> None:
+    schema, url = schema_url
+    await (await open_store(url)).close()
+    admin = await asyncpg.connect(postgres.url)
+    try:
+        await admin.execute(f"INSERT INTO {schema}.payflow_schema (version) VALUES ($1)", len(MIGRATIONS) + 1)
+    finally:
+        await admin.close()
+    with pytest.raises(errors.StoreUnavailable, match="newer than this payflow"):  # a message, not a traceback
+        await open_store(url)
+
+
+async def test_the_pool_recovers_after_the_database_drops_every_connection(schema_url: tuple[str, str],
+                                                                           postgres: postgres_server.Server) -> None:
     schema, url = schema_url
     store = await open_store(url)
     assert isinstance(store, PostgresStore)
     try:
         payment = await store.create(factories.payment(), source=Source.API, detail={})
-        admin = await asyncpg.connect(POSTGRES)
+        admin = await asyncpg.connect(postgres.url)
         try:
             # What a database restart does to a client: every server connection is gone.
             await admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "

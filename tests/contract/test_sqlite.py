@@ -119,8 +119,11 @@ async def test_a_refused_schema_leaves_no_thread_or_lock_behind(tmp_path: pathli
 async def test_close_stops_every_thread_the_store_started(tmp_path: pathlib.Path) -> None:
     before = _threads()
     store = await open_store(f"sqlite:///{tmp_path / 'p.db'}")
-    assert len(_threads() - before) == 3  # the writer's, the reader's and the stats reader's (aiosqlite)
+    started = _threads() - before
+    assert len(started) == 3  # the writer's, the reader's and the stats reader's (aiosqlite)
     await store.close()
+    for thread in started:  # aiosqlite's worker ends just after close() returns: wait for it, boundedly
+        thread.join(timeout=10)
     assert _threads() == before
     await store.close()  # twice is harmless
 

@@ -148,7 +148,7 @@ async def world(tmp_path: Any, keyset: KeySet, world_overrides: dict[str, Any]) 
         wechat_mch_key_file=str(keyset.merchant_key_file), wechat_apiv3_key=keyset.apiv3_key,
         wechat_pubkey_id=keyset.pub_key_id, wechat_pubkey_file=str(keyset.pub_key_file),
         notify_url=f"http://127.0.0.1:{port}/v1/wechat/notify",
-        backend_url=str(backend.make_url(BACKEND_SIM_PATH)), backend_secret=keyset.backend_secret,
+        backend_url=str(backend.make_url(BACKEND_SIM_PATH)), backend_secrets=(keyset.backend_secret,),
         api_token="api", admin_token="admin", jitter=0.0, backend_timeout=2.0,
     )
     settings = dataclasses.replace(settings, **world_overrides)

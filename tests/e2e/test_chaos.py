@@ -10,8 +10,9 @@ import pathlib
 import signal
 import sys
 
+from tests import postgres_server
+
 ROOT = pathlib.Path(__file__).resolve().parents[2]
-POSTGRES = os.environ.get("PAYFLOW_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
 
 
 async def _chaos(tmp: pathlib.Path, name: str, *args: str) -> tuple[int, dict]:  # type: ignore[type-arg]
@@ -31,12 +32,14 @@ async def _chaos(tmp: pathlib.Path, name: str, *args: str) -> tuple[int, dict]: 
     return process.returncode, json.loads(out.read_text())
 
 
-async def test_small_seeded_chaos_run(tmp_path: pathlib.Path) -> None:
+async def test_small_seeded_chaos_run(tmp_path: pathlib.Path, postgres: postgres_server.Server) -> None:
+    restart = ("--db-restart-command", postgres.restart_command) if postgres.restart_command else ()
     # Three scenarios at once (the run time is mostly WeChat's one-minute minimum order lifetime).
     (code, report), (naive_code, naive), (replicas_code, replicas) = await asyncio.gather(
         _chaos(tmp_path, "payflow"),
         _chaos(tmp_path, "naive", "--strategy", "naive"),
-        _chaos(tmp_path, "replicas", "--replicas", "3", "--crashes", "3", "--database", POSTGRES, "--db-restart"))
+        _chaos(tmp_path, "replicas", "--replicas", "3", "--crashes", "3", "--database", postgres.url, "--db-restart",
+               *restart))
     failures = {i["name"]: i["failures"][:5] for i in report["invariants"] if not i["holds"]}
     assert code == 0 and report["ok"], (failures, report["summary"]["reconcile_runs"])
     assert [i["name"] for i in report["invariants"]] == ["I1", "I2", "I3", "I4", "I5", "I6"]
@@ -45,6 +48,9 @@ async def test_small_seeded_chaos_run(tmp_path: pathlib.Path) -> None:
     assert summary["paid_at_wechat_not_at_backend"] == 0 and summary["paid_at_backend"] > 0
     assert sum(summary["faults"]["backend"].values()) > 0 and summary["faults"]["wechat_notifications"]["dropped"] > 0
     assert len(report["orders"]) == 50
+    placement = summary["placement"]  # every payer is served in the end, most on the first try
+    assert placement["served"] == 50 and placement["first_outcomes"].get("ok") == placement["first_try"]
+    assert sum(placement["first_outcomes"].values()) == 50 and placement["first_try_ms"]["n"] == placement["first_try"]
     assert report["summary"]["reconcile_runs"][-1]["exit"] in (0, 1)  # the last pass reconciled its day
     # The same scenario under the seed's design: forwarded once, nothing re-drives it.
     assert naive_code == 1 and not naive["ok"]

@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 
 from payflow.wechat import crypto
-from simulator.wechat import LEDGER
-from simulator.wechat.faults import WechatFaults
+from simulator.wechat import FAULTS, LEDGER, faults
+from simulator.wechat.faults import FaultDice, WechatFaults
 from tests.simulator.conftest import MakeWechat, Merchant
 
 RFC3339_CST = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\+08:00")
@@ -359,3 +359,28 @@ async def test_api_latency_delays_the_answer_but_not_its_content(make_wechat: Ma
     started = time.monotonic()
     assert (await wechat.place("T20261126000042")).status == 200
     assert time.monotonic() - started >= 0.05
+
+
+async def test_each_api_has_its_own_rate_limit(make_wechat: MakeWechat) -> None:
+    wechat = await make_wechat(faults=WechatFaults(limit_jsapi=1.0, limit_query=2.0))
+    assert (await wechat.place("T20261126000050")).status == 200
+    limited = await wechat.place("T20261126000051")  # the second order within the same second
+    assert (limited.status, limited.json()["code"]) == (429, "FREQUENCY_LIMITED")
+    assert "Wechatpay-Signature" in limited.headers  # signed, as WeChat's errors are
+    # Queries have their own budget: two go through while placement is limited, the third does not.
+    assert [(await wechat.query("T20261126000050")).status for _ in range(3)] == [200, 200, 429]
+    assert wechat.app[FAULTS].injected["limited_jsapi"] == 1
+    assert [o.out_trade_no for o in wechat.app[LEDGER].orders(wechat.clock.now())] == ["T20261126000050"]
+
+
+def test_the_rate_limit_refills_at_its_rate() -> None:
+    now = [0.0]
+    dice = FaultDice(WechatFaults(limit_close=2.0), monotonic=lambda: now[0])
+    assert [dice.admit("close") for _ in range(3)] == [True, True, False]  # a second's worth, then no more
+    now[0] = 0.5
+    assert [dice.admit("close") for _ in range(2)] == [True, False]  # half a second: one more
+    assert dice.admit("jsapi") and dice.admit("other")  # no limit set for these
+    assert faults.api_of("POST", "/v3/pay/transactions/jsapi") == "jsapi"
+    assert faults.api_of("POST", "/v3/pay/transactions/out-trade-no/T1/close") == "close"
+    assert faults.api_of("GET", "/v3/pay/transactions/id/420000") == "query"
+    assert faults.api_of("GET", "/v3/billdownload/file") == "bill"

@@ -8,7 +8,7 @@ from collections.abc import Callable
 import pytest
 
 from payflow import errors
-from payflow.ratelimit import Priority, RateLimiter, Throttled, priority
+from payflow.ratelimit import DEFAULT_BUDGETS, Budgets, Priority, RateLimiter, Throttled, priority
 
 
 class ManualTime:
@@ -110,3 +110,47 @@ async def test_a_pause_holds_every_class() -> None:
     assert not payer.done()
     await clock.advance(1.0)
     assert payer.done()
+
+
+def _budgets(clock: ManualTime, **rates: float) -> Budgets:
+    waits = {Priority.PAYER: 5.0, Priority.BACKGROUND: 30.0}
+    return Budgets(rates, default=1.0, waits=waits, monotonic=clock.monotonic, timer=clock.call_later)
+
+
+async def test_a_sweep_storm_on_queries_leaves_placement_its_whole_budget() -> None:
+    clock = ManualTime()
+    budgets = _budgets(clock, jsapi=10.0, query=1.0)
+    loop = asyncio.get_running_loop()
+    storm = [loop.create_task(budgets.acquire("query", Priority.BACKGROUND)) for _ in range(200)]
+    await _settle()
+    assert budgets.limiter("query").waiting == 199  # one token of the burst; the rest queue
+    # Placement draws on its own budget: ten payers get theirs at once, none queues behind the storm.
+    for _ in range(10):
+        await asyncio.wait_for(budgets.acquire("jsapi", Priority.PAYER), 0.1)
+    assert budgets.limiter("jsapi").waiting == 0
+    with pytest.raises(Throttled):  # a status poll is refused at once, not queued behind the sweep either
+        await budgets.acquire("query", Priority.READ)
+    await clock.advance(1.0)  # the query budget refills at its own rate: one more sweep query
+    assert sum(task.done() for task in storm) == 2
+    for task in storm:
+        task.cancel()
+    await asyncio.gather(*storm, return_exceptions=True)
+
+
+async def test_wechat_429_pauses_only_the_api_that_answered_it() -> None:
+    clock = ManualTime()
+    budgets = _budgets(clock, jsapi=10.0, query=10.0)
+    budgets.pause("query", 1.0)
+    assert budgets.limiter("query").paused_for == 1.0 and budgets.limiter("jsapi").paused_for == 0.0
+    await asyncio.wait_for(budgets.acquire("jsapi", Priority.PAYER), 0.1)
+
+
+def test_budgets_name_their_rates_and_fall_back_to_the_default() -> None:
+    budgets = Budgets({"jsapi": 7.0}, default=3.0)
+    assert budgets.limiter("jsapi").rate == 7.0
+    assert budgets.limiter("query").rate == DEFAULT_BUDGETS["query"]  # a default budget stays
+    assert budgets.limiter("refund").rate == 3.0  # an API with no budget at all gets `default`
+    assert budgets.limiter("jsapi") is budgets.limiter("jsapi")
+    shared = RateLimiter(rate=2.0)
+    one = Budgets.shared(shared)
+    assert one.limiter("jsapi") is one.limiter("query") is shared

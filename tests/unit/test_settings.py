@@ -141,6 +141,11 @@ def test_forward_concurrency_refuses_digits_int_cannot_read() -> None:
         ("PAYFLOW_WECHAT_TIMEOUT", "0s", "PAYFLOW_WECHAT_TIMEOUT: must be longer than 0"),
         ("PAYFLOW_RECONCILE_AT", "25:00", "PAYFLOW_RECONCILE_AT: '25:00' is not a time like 10:30 (or off)"),
         ("PAYFLOW_WECHAT_RATE", "nan", "PAYFLOW_WECHAT_RATE: 'nan' is not a rate in calls per second"),
+        ("PAYFLOW_WECHAT_BUDGETS", "jsapi:100",
+         "PAYFLOW_WECHAT_BUDGETS: 'jsapi:100' is not api=calls-per-second (e.g. jsapi=100)"),
+        ("PAYFLOW_WECHAT_BUDGETS", "jsapi=0",
+         "PAYFLOW_WECHAT_BUDGETS (jsapi): '0' is not a rate in calls per second"),
+        ("PAYFLOW_WECHAT_BUDGETS", "query=1,query=2", "PAYFLOW_WECHAT_BUDGETS: query is given twice"),
         ("PAYFLOW_FORWARD_CONCURRENCY", "+4", "PAYFLOW_FORWARD_CONCURRENCY: '+4' is not a whole number from 1 to 1000"),
         ("PAYFLOW_LOG_LEVEL", " info ", "PAYFLOW_LOG_LEVEL: ' info ' is not one of DEBUG, INFO, WARNING, ERROR"),
         ("PAYFLOW_LOG_FORMAT", " json", "PAYFLOW_LOG_FORMAT: ' json' is not one of json, console"),
@@ -161,6 +166,8 @@ def test_values_are_read_as_before() -> None:
     assert (s.host, s.port, s.log_level, s.reconcile_at) == ("0.0.0.0", 0, "DEBUG", None)
     assert (s.wechat_rate, s.read_query_interval, s.placement_grace) == (0.5, 0.0, 120.0)
     assert Settings.from_env({"PAYFLOW_RECONCILE_AT": "09:05"}).reconcile_at == dt.time(9, 5)
+    budgets = Settings.from_env({"PAYFLOW_WECHAT_BUDGETS": " jsapi = 250 , refund=10 "}).wechat_budgets
+    assert budgets == (("jsapi", 250.0), ("refund", 10.0))
 
 
 def test_the_table_names_each_variable_and_field_once() -> None:

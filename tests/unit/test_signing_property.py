@@ -33,6 +33,15 @@ SIGNATURES = st.one_of(
     st.binary(max_size=70),
 )
 VALUES = st.one_of(st.none(), ANY_TEXT, st.binary(max_size=20), st.integers())
+ONE_SECRET = st.one_of(st.just(SECRET), ANY_TEXT, st.binary(max_size=16))
+# What a backend may pass while it rolls its secret (a list or tuple of them), and what it must not crash on.
+SECRETS = st.one_of(
+    ONE_SECRET,
+    st.lists(st.one_of(ONE_SECRET, VALUES), max_size=3),
+    st.lists(ONE_SECRET, max_size=3).map(tuple),
+    st.binary(max_size=8).map(bytearray),
+    VALUES,
+)
 NAMES = st.sampled_from([signing.TIMESTAMP_HEADER, signing.SIGNATURE_HEADER, signing.TIMESTAMP_HEADER.lower(),
                          signing.SIGNATURE_HEADER.upper(), signing.IDEMPOTENCY_HEADER, "Content-Type"])
 
@@ -51,7 +60,7 @@ def header_sets(draw: st.DrawFn) -> Any:
 
 @settings(max_examples=400, deadline=None)
 @given(headers=header_sets(), body=st.one_of(st.binary(max_size=64), ANY_TEXT, st.none()),
-       secret=st.one_of(st.just(SECRET), ANY_TEXT, st.binary(max_size=16)))
+       secret=SECRETS)
 @example(headers={signing.TIMESTAMP_HEADER: "²", signing.SIGNATURE_HEADER: "v1=00"}, body=BODY, secret=SECRET)
 @example(headers={signing.TIMESTAMP_HEADER: str(NOW), signing.SIGNATURE_HEADER: "v1=é"}, body=BODY, secret=SECRET)
 @example(headers={signing.TIMESTAMP_HEADER: str(NOW), signing.SIGNATURE_HEADER: "v1=\udcff"}, body=BODY,
@@ -67,6 +76,11 @@ def header_sets(draw: st.DrawFn) -> Any:
          secret=SECRET)
 @example(headers={signing.TIMESTAMP_HEADER: str(NOW), signing.SIGNATURE_HEADER: "v1=00"}, body=BODY,
          secret="\udcff")
+@example(headers={signing.TIMESTAMP_HEADER: str(NOW), signing.SIGNATURE_HEADER: "v1=00"}, body=BODY, secret=[])
+@example(headers={signing.TIMESTAMP_HEADER: str(NOW), signing.SIGNATURE_HEADER: "v1=00"}, body=BODY,
+         secret=[SECRET, None, 7])
+@example(headers={signing.TIMESTAMP_HEADER: str(NOW), signing.SIGNATURE_HEADER: "v1=00"}, body=BODY,
+         secret=(SECRET, "\udcff"))
 def test_any_header_values_raise_only_invalid_signature(headers: Any, body: Any, secret: Any) -> None:
     # Random values never carry the right MAC, so the only acceptable outcome is InvalidSignature.
     with pytest.raises(InvalidSignature):
@@ -83,6 +97,21 @@ def test_a_genuine_signature_still_verifies(body: bytes, age: int, others: list[
     verify_signature(SECRET, CIMultiDict({**headers, signing.SIGNATURE_HEADER: rotated}), body, now=NOW)
     with pytest.raises(InvalidSignature):
         verify_signature(SECRET, headers, body + b"x", now=NOW)
+
+
+@settings(max_examples=100, deadline=None)
+@given(body=st.binary(max_size=256),
+       others=st.lists(st.one_of(st.text(alphabet=st.characters(exclude_categories=["Cs"]), max_size=40),
+                                 st.binary(max_size=16)).filter(lambda s: s not in (SECRET, SECRET.encode())),
+                       max_size=3),
+       at=st.integers(min_value=0, max_value=3))
+def test_any_of_a_list_of_secrets_verifies(body: bytes, others: list[str | bytes], at: int) -> None:
+    headers = signing.sign_headers(SECRET, body, "evt-1", now=NOW)
+    rolling = [*others[:at], SECRET, *others[at:]]
+    verify_signature(rolling, headers, body, now=NOW)
+    verify_signature(tuple(rolling), headers, body, now=NOW)
+    with pytest.raises(InvalidSignature):
+        verify_signature(others, headers, body, now=NOW)  # the signer's secret is not among them
 
 
 def test_non_ascii_digits_are_not_a_timestamp() -> None:

@@ -13,7 +13,7 @@ import pytest
 
 from payflow import errors
 from payflow.devkeys import KeySet
-from payflow.ratelimit import RateLimiter
+from payflow.ratelimit import Budgets, Priority, RateLimiter, Throttled
 from payflow.wechat import crypto
 from payflow.wechat.api import JsapiOrder
 from payflow.wechat.client import BillInfo, WechatPayClient
@@ -37,7 +37,8 @@ def make_client(keyset: KeySet, **options: Any) -> WechatPayClient:
     return WechatPayClient(
         base_url=BASE, mchid=keyset.mchid, appid=keyset.appid, mch_serial=keyset.mch_serial,
         private_key=keyset.merchant_private_key, platform_keys={keyset.pub_key_id: keyset.platform_public_key},
-        timeout=2, now=lambda: NOW, limiter=RateLimiter(rate=1000, burst=1000), sleep=_no_sleep, **options,
+        timeout=2, now=lambda: NOW, sleep=_no_sleep,
+        **{"limiter": RateLimiter(rate=1000, burst=1000), **options},
     )
 
 
@@ -124,13 +125,38 @@ async def test_a_final_error_with_a_forged_signature_is_not_final(
             await client.place_jsapi(ORDER)
 
 
-async def test_rate_limit_pauses_the_shared_limiter(client: WechatPayClient, keyset: KeySet) -> None:
-    client._place_attempts = 1
-    with aioresponses() as mocked:
-        mocked.post(JSAPI, **_json(keyset, 429, {"code": "FREQUENCY_LIMITED", "message": "slow"}))
-        with pytest.raises(errors.WechatRetryable):
-            await client.place_jsapi(ORDER)
-    assert client.limiter.paused_for > 0
+async def test_rate_limit_pauses_only_the_api_that_answered_it(keyset: KeySet) -> None:
+    budgets = Budgets({"jsapi": 1000, "query": 1000})
+    client = make_client(keyset, limiter=budgets, place_attempts=1)
+    try:
+        with aioresponses() as mocked:
+            mocked.post(JSAPI, **_json(keyset, 429, {"code": "FREQUENCY_LIMITED", "message": "slow"}))
+            with pytest.raises(errors.WechatRetryable):
+                await client.place_jsapi(ORDER)
+    finally:
+        await client.aclose()
+    assert budgets.limiter("jsapi").paused_for > 0 and budgets.limiter("query").paused_for == 0
+
+
+async def test_a_throttled_placement_is_not_retried(keyset: KeySet) -> None:
+    asked: list[Priority | None] = []
+
+    class Counting(RateLimiter):
+        async def acquire(self, level: Priority | None = None) -> None:
+            asked.append(level)
+            await super().acquire(level)
+
+    limiter = Counting(rate=0.001, burst=1, waits={Priority.PAYER: 0.0})
+    client = make_client(keyset, limiter=limiter, place_attempts=3)
+    await limiter.acquire(Priority.PAYER)  # the only token
+    try:
+        with aioresponses() as mocked:
+            with pytest.raises(Throttled):
+                await client.place_jsapi(ORDER)
+            assert mocked.requests == {}  # nothing reached WeChat
+    finally:
+        await client.aclose()
+    assert len(asked) == 2  # ours, and the placement's one try: the payer already waited all it may
 
 
 async def test_query_shapes(client: WechatPayClient, keyset: KeySet) -> None:
