@@ -46,7 +46,7 @@ from payflow.settings import Settings  # noqa: E402
 from payflow.store.sqlite import SqliteStore  # noqa: E402
 from payflow.store.sqlite_schema import ts  # noqa: E402
 from payflow.sweeper import Sweeper  # noqa: E402
-from payflow.wechat.api import JsapiOrder, Transaction  # noqa: E402
+from payflow.wechat.api import Order, Placed, Transaction  # noqa: E402
 
 DUE = 1_000
 REPEATS = 3
@@ -80,18 +80,21 @@ class StubWechat:
     def __init__(self) -> None:
         self.queries = 0
 
-    async def place_jsapi(self, order: JsapiOrder) -> str:
-        return f"wx_stub_{order.out_trade_no}"
+    async def place(self, order: Order) -> Placed:
+        return Placed(prepay_id=f"wx_stub_{order.out_trade_no}")
 
-    async def query(self, out_trade_no: str) -> Transaction | None:
+    async def query(self, out_trade_no: str, appid: str | None = None) -> Transaction | None:
         self.queries += 1
         return Transaction(out_trade_no=out_trade_no, trade_state="NOTPAY")
 
     async def close_order(self, out_trade_no: str) -> None:
         return None
 
-    def pay_params(self, prepay_id: str) -> dict[str, str]:
+    def pay_params(self, prepay_id: str, appid: str | None = None) -> dict[str, str]:
         return {"package": f"prepay_id={prepay_id}"}
+
+    def app_params(self, prepay_id: str, appid: str | None = None) -> dict[str, str]:
+        return {"prepayid": prepay_id}
 
 
 def machine_busy_seconds() -> float:

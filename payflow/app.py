@@ -21,7 +21,9 @@ from payflow.service.unconfigured import UnconfiguredBackend, UnconfiguredWechat
 from payflow.settings import Settings
 from payflow.store import PaymentStore, open_store
 from payflow.sweeper import Sweeper
+from payflow.wechat import trust
 from payflow.wechat.api import WechatApi
+from payflow.wechat.certificates import KeyRing
 from payflow.wechat.client import WechatPayClient
 from payflow.wechat.notify import NotificationVerifier, Verifier
 
@@ -57,14 +59,15 @@ def _owned(stack: contextlib.AsyncExitStack, client: _C | None) -> _C | None:
     return client
 
 
-def _wechat_client(settings: Settings, metrics: Metrics) -> WechatPayClient | None:
-    if _missing_wechat(settings):
+def _wechat_client(settings: Settings, metrics: Metrics, ring: KeyRing | None) -> WechatPayClient | None:
+    if _missing_wechat(settings) or ring is None:
         return None
     # A payer waits for WeChat's budget at most half the call timeout (so a create answers within about
     # PAYFLOW_WECHAT_TIMEOUT); background work at most half a lease (a claimed payment is never held).
     waits = {Priority.PAYER: settings.wechat_timeout / 2, Priority.BACKGROUND: settings.lease / 2}
     budgets = Budgets(dict(settings.wechat_budgets), default=settings.wechat_rate, waits=waits)
-    return WechatPayClient.from_settings(settings, timeout=settings.wechat_timeout, limiter=budgets, metrics=metrics)
+    return WechatPayClient.from_settings(settings, keys=ring, timeout=settings.wechat_timeout, limiter=budgets,
+                                         metrics=metrics)
 
 
 def _backend_client(settings: Settings) -> BackendClient | None:
@@ -74,8 +77,16 @@ def _backend_client(settings: Settings) -> BackendClient | None:
 
 
 def _missing_wechat(settings: Settings) -> bool:
+    public_key = (settings.wechat_pubkey_id, settings.wechat_pubkey_file) if trust.uses_public_key(settings) else ()
     return not all((settings.wechat_mchid, settings.wechat_appid, settings.wechat_mch_serial,
-                    settings.wechat_mch_key_file, settings.wechat_pubkey_id, settings.wechat_pubkey_file))
+                    settings.wechat_mch_key_file, *public_key))
+
+
+def _key_ring(settings: Settings) -> KeyRing | None:
+    """The one ring the client and the verifier share, or None when WeChat is not configured."""
+    if _missing_wechat(settings):
+        return None
+    return trust.key_ring(settings)
 
 
 def create_app(
@@ -113,16 +124,25 @@ def create_app(
         """WeChat Pay and the backend: an injected client as it is (the app does not close what it did not
         open); otherwise one built from the settings and closed on exit; otherwise a null object."""
         async with contextlib.AsyncExitStack() as owned:
-            app[keys.WECHAT] = (wechat if wechat is not None else
-                                _owned(owned, _wechat_client(settings, app[keys.METRICS])) or UnconfiguredWechat())
+            ring = _key_ring(settings) if wechat is None or verifier is None else None
+            client = None if wechat is not None else _owned(owned, _wechat_client(settings, app[keys.METRICS], ring))
+            app[keys.WECHAT] = wechat if wechat is not None else client or UnconfiguredWechat()
             app[keys.BACKEND] = (backend if backend is not None else
                                  _owned(owned, _backend_client(settings)) or UnconfiguredBackend())
+            app[keys.KEY_RING] = ring
+            kept = None if client is None or ring is None else trust.keeper(settings, ring,
+                                                                             client.download_certificates)
+            if kept is not None and run_sweeper:
+                # Certificates kept current beside the sweeper: on a schedule, and soon after an unknown serial.
+                await owned.enter_async_context(_running(kept.run, "wechat-certificates",
+                                                         grace=settings.wechat_timeout + 1))
             yield
 
     async def service_ctx(app: web.Application) -> AsyncIterator[None]:
         service = PaymentService(
             app[keys.STORE], settings, wechat=app[keys.WECHAT], backend=app[keys.BACKEND],
-            verifier=verifier if verifier is not None else NotificationVerifier.from_settings(settings),
+            verifier=verifier if verifier is not None else NotificationVerifier.from_settings(
+                settings, keys=app[keys.KEY_RING]) if app[keys.KEY_RING] is not None else None,
             clock=clock, metrics=app[keys.METRICS])
         app[keys.SERVICE] = service
         yield

@@ -31,6 +31,11 @@ class Payment:
     next_attempt_at: dt.datetime | None = None
     attempts: int = 0
     lease_token: str | None = None
+    trade_type: str = "jsapi"  # the product it is sold through (wechat.api.TRADE_TYPES)
+    appid: str | None = None  # the appid it was placed with; None: PAYFLOW_WECHAT_APPID (payments from before)
+    payer_client_ip: str | None = None  # h5
+    h5_type: str | None = None  # h5
+    pay_url: str | None = None  # what WeChat answered a Native (code_url) or H5 (h5_url) placement
 
     @property
     def paid(self) -> bool:
@@ -47,6 +52,7 @@ class Payment:
             "transaction_id": self.transaction_id,
             "paid_at": _iso(self.paid_at),
             "expires_at": _iso(self.expires_at),
+            "trade_type": self.trade_type,
         }
 
 

@@ -189,7 +189,10 @@ class RateLimiter:
 # ordering, 1,800/s for queries, 150/s for refunds and 300/s for refund queries. payflow's defaults take a
 # fifth or less of those, leaving the merchant's other systems the rest; PAYFLOW_WECHAT_BUDGETS overrides.
 DEFAULT_BUDGETS: Mapping[str, float] = {
-    "jsapi": 100.0,         # place order: payers only
+    "jsapi": 100.0,         # place order (JSAPI and mini programs): payers only
+    "native": 100.0,        # each product's place-order API is limited on its own
+    "h5": 100.0,
+    "app": 100.0,
     "query": 300.0,         # status polls (READ) and the sweeper's queries (BACKGROUND)
     "close": 100.0,         # the payer's close (PAYER) and expiry closes (BACKGROUND)
     "tradebill": 5.0,       # once a day per bill, plus retries

@@ -55,6 +55,10 @@ class Settings:
     wechat_base_url: str = WECHAT_BASE_URL
     wechat_mchid: str | None = None
     wechat_appid: str | None = None
+    wechat_key_mode: str = "pubkey"  # pubkey, certificates or both (payflow.wechat.trust)
+    wechat_certificates_file: str = "wechat-certificates.json"
+    # (trade_type, appid) pairs: a mini program's or an app's own appid (PAYFLOW_WECHAT_APPIDS)
+    wechat_appids: tuple[tuple[str, str], ...] = ()
     wechat_mch_serial: str | None = None
     wechat_mch_key_file: str | None = None
     wechat_apiv3_key: str | None = dataclasses.field(default=None, repr=False)
@@ -115,6 +119,15 @@ class Settings:
         """The secret payflow signs paid events with: the first of PAYFLOW_BACKEND_SECRET."""
         return self.backend_secrets[0] if self.backend_secrets else None
 
+    def appid_for(self, trade_type: str) -> str | None:
+        """The appid a payment of this product is placed with: PAYFLOW_WECHAT_APPIDS', else PAYFLOW_WECHAT_APPID."""
+        return dict(self.wechat_appids).get(trade_type, self.wechat_appid)
+
+    @property
+    def merchant_appids(self) -> frozenset[str]:
+        """Every appid of this merchant that payflow places with: a notification naming another is refused."""
+        return frozenset(a for a in (self.wechat_appid, *(a for _, a in self.wechat_appids)) if a)
+
     def wechat_backup(self) -> str | None:
         """Where WeChat calls fail over to: PAYFLOW_WECHAT_BACKUP_URL; unset, WeChat's second domain when the base
         URL is WeChat's own (a simulator has none); set empty, nowhere."""
@@ -123,8 +136,10 @@ class Settings:
         return self.wechat_backup_url or None
 
     def missing_for_serve(self) -> list[str]:
-        """Every variable `serve` needs that is unset, in contract order."""
-        return [v.name for v in VARIABLES if v.required and getattr(self, v.field) is None]
+        """Every variable `serve` needs that is unset, in contract order (the public key's two are not needed
+        when payflow trusts platform certificates only)."""
+        skip = PUBKEY_VARIABLES if self.wechat_key_mode == "certificates" else ()
+        return [v.name for v in VARIABLES if v.required and getattr(self, v.field) is None and v.name not in skip]
 
 
 # Parsers: the variable's text as it is set (never blank) and its name, for the message naming it.
@@ -231,13 +246,38 @@ def _rate(text: str, name: str) -> float:
 _BUDGETS_TEXT = ",".join(f"{api}={rate:g}" for api, rate in ratelimit.DEFAULT_BUDGETS.items())
 
 
+_APPID_KINDS = ("jsapi", "miniprogram", "native", "h5", "app")
+PUBKEY_VARIABLES = ("PAYFLOW_WECHAT_PUBKEY_ID", "PAYFLOW_WECHAT_PUBKEY_FILE")
+
+
+def _key_mode(text: str, name: str) -> str:
+    mode = text.strip()
+    if mode not in ("pubkey", "certificates", "both"):
+        raise errors.SettingsError(f"{name}: {text!r} is not one of pubkey, certificates, both")
+    return mode
+
+
+def _appids(text: str, name: str) -> tuple[tuple[str, str], ...]:
+    """`miniprogram=wx...,app=wx...`: the appid of each product that does not use PAYFLOW_WECHAT_APPID."""
+    pairs: dict[str, str] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        kind, sep, appid = (part.strip() for part in item.partition("="))
+        if not sep or kind not in _APPID_KINDS or not re.fullmatch(r"[0-9A-Za-z_]{1,32}", appid):
+            raise errors.SettingsError(
+                f"{name}: {item!r} is not product=appid with a product of {', '.join(_APPID_KINDS)}")
+        if kind in pairs:
+            raise errors.SettingsError(f"{name}: {kind} is given twice")
+        pairs[kind] = appid
+    return tuple(pairs.items())
+
+
 def _budgets(text: str, name: str) -> tuple[tuple[str, float], ...]:
     """`jsapi=100,query=300`: calls per second for each WeChat API named (see ratelimit.DEFAULT_BUDGETS)."""
     budgets: dict[str, float] = {}
     for item in filter(None, (part.strip() for part in text.split(","))):
         api, sep, rate = item.partition("=")
         api = api.strip()
-        if not sep or not re.fullmatch(r"[a-z_]+", api):
+        if not sep or not re.fullmatch(r"[a-z0-9_]+", api):
             raise errors.SettingsError(f"{name}: {item!r} is not api=calls-per-second (e.g. jsapi=100)")
         if api in budgets:
             raise errors.SettingsError(f"{name}: {api} is given twice")
@@ -292,7 +332,8 @@ class Variable:
 VARIABLES: tuple[Variable, ...] = (
     Variable("PAYFLOW_DATABASE_URL", "database_url", _database_url, "sqlite:///payflow.db",
              "the store: `sqlite:///relative.db`, `sqlite:////abs/path.db`, or `postgresql://user@host:5432/db` "
-             "for replicas (query parameters become server settings, e.g. `?search_path=payflow`)"),
+             "for replicas (query parameters become server settings, e.g. `?search_path=payflow`, except "
+             "`?pool_size=N`: connections per replica, 10 by default)"),
     Variable("PAYFLOW_HOST", "host", _text, "127.0.0.1", "the address payflow listens on (`--host` overrides)"),
     Variable("PAYFLOW_PORT", "port", _port, "8080",
              "the port payflow listens on (`--port` overrides; `0` picks a free one)"),
@@ -344,6 +385,16 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("PAYFLOW_WECHAT_RATE", "wechat_rate", _rate, "50",
              "WeChat calls per second for an API `PAYFLOW_WECHAT_BUDGETS` gives no budget of its own",
              contract=False),
+    Variable("PAYFLOW_WECHAT_KEY_MODE", "wechat_key_mode", _key_mode, "pubkey",
+             "how WeChat's signatures are verified: `pubkey` (the WeChat Pay public key), `certificates` (platform "
+             "certificates from `/v3/certificates`; the public key's two variables are then not needed) or `both` "
+             "(the migration between them)", contract=False),
+    Variable("PAYFLOW_WECHAT_CERTIFICATES_FILE", "wechat_certificates_file", _text, "wechat-certificates.json",
+             "where the last good set of platform certificates is kept (certificates and both modes)",
+             contract=False),
+    Variable("PAYFLOW_WECHAT_APPIDS", "wechat_appids", _appids, "",
+             "the appids of the merchant's other apps by product, e.g. `miniprogram=wx...,app=wx...`; a product "
+             "left out uses `PAYFLOW_WECHAT_APPID`", contract=False, shown_default="none"),
     Variable("PAYFLOW_WECHAT_BUDGETS", "wechat_budgets", _budgets, _BUDGETS_TEXT,
              "calls per second for each WeChat API, each served payers first; an API left out keeps its default "
              "(README \"WeChat's budgets\")", contract=False),

@@ -9,31 +9,38 @@ import dataclasses
 from collections.abc import Callable
 
 from payflow import errors
-from payflow.wechat.api import JsapiOrder, Transaction
+from payflow.wechat.api import Order, Placed, Transaction
 
 
 @dataclasses.dataclass
 class FakeWechat:
-    placed: list[JsapiOrder] = dataclasses.field(default_factory=list)
-    # Each call pops the next scripted outcome: a prepay_id, or an exception to raise.
+    placed: list[Order] = dataclasses.field(default_factory=list)
+    # Each call pops the next scripted outcome: a prepay_id (or a code_url/h5_url for those products), or an
+    # exception to raise.
     outcomes: list[str | Exception] = dataclasses.field(default_factory=list)
     before_answer: Callable[[], object] | None = None
 
-    async def place_jsapi(self, order: JsapiOrder) -> str:
+    async def place(self, order: Order) -> Placed:
         self.placed.append(order)
         if self.before_answer is not None:
             await self.before_answer()  # type: ignore[misc]
-        outcome = self.outcomes.pop(0) if self.outcomes else f"wx_prepay_{order.out_trade_no}"
+        default = {"native": f"weixin://wxpay/bizpayurl?pr={order.out_trade_no}",
+                   "h5": f"https://wx.tenpay.com/cgi-bin/mmpayweb-bin/checkmweb?prepay_id={order.out_trade_no}"}
+        outcome = self.outcomes.pop(0) if self.outcomes else default.get(order.api, f"wx_prepay_{order.out_trade_no}")
         if isinstance(outcome, Exception):
             raise outcome
-        return outcome
+        return Placed(**{{"native": "code_url", "h5": "h5_url"}.get(order.api, "prepay_id"): outcome})
 
-    async def query(self, out_trade_no: str) -> Transaction | None:
+    async def query(self, out_trade_no: str, appid: str | None = None) -> Transaction | None:
         raise errors.WechatRetryable("FakeWechat.query is not scripted")
 
     async def close_order(self, out_trade_no: str) -> None:
         raise errors.WechatRetryable("FakeWechat.close_order is not scripted")
 
-    def pay_params(self, prepay_id: str) -> dict[str, str]:
-        return {"appId": "wx-test", "timeStamp": "1700000000", "nonceStr": "n", "package": f"prepay_id={prepay_id}",
-                "signType": "RSA", "paySign": "fake-signature"}
+    def app_params(self, prepay_id: str, appid: str | None = None) -> dict[str, str]:
+        return {"appid": appid or "wx-test", "partnerid": "1900000001", "prepayid": prepay_id, "package": "Sign=WXPay",
+                "noncestr": "n", "timestamp": "1700000000", "sign": "fake-signature"}
+
+    def pay_params(self, prepay_id: str, appid: str | None = None) -> dict[str, str]:
+        return {"appId": appid or "wx-test", "timeStamp": "1700000000", "nonceStr": "n",
+                "package": f"prepay_id={prepay_id}", "signType": "RSA", "paySign": "fake-signature"}

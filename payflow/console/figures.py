@@ -14,7 +14,7 @@ from payflow import errors, models
 from payflow.clock import SHANGHAI
 from payflow.http import payloads
 from payflow.service import STUCK, PaymentService, operating
-from payflow.states import Source, State, Trigger
+from payflow.states import State, Trigger
 
 OVERVIEW_ROWS = 20  # payments per list on the overview; the listing page pages through the rest
 MAX_QUERY = 128  # characters of a search: the longest identifier is an order_id (64 bytes)
@@ -92,8 +92,8 @@ async def reconciliation(service: PaymentService, day: dt.date) -> Reconciliatio
 class PaymentPage:
     payment: models.Payment
     events: list[models.Event]
-    notifications: list[models.Event]  # the timeline's rows that came from a WeChat notification
-    forwards: list[models.Event]  # the timeline's rows that record a delivery to the backend, with its answer
+    notifications: list[models.Notification]  # every notification WeChat sent about it, whatever came of it
+    forwards: list[models.Event]  # every delivery attempt to the backend (a timeline row each), with its answer
     next_step: str | None  # what the next scheduled attempt will do
     actions: list[tuple[str, bool]]  # every operator action, and whether it applies to the payment's state
 
@@ -104,7 +104,7 @@ async def payment_page(service: PaymentService, out_trade_no: str) -> PaymentPag
     events = await service.timeline(out_trade_no)
     return PaymentPage(
         payment, events,
-        notifications=[e for e in events if e.source == Source.NOTIFY.value],
+        notifications=await service.store.notifications(out_trade_no),
         forwards=[e for e in events if "attempt" in e.detail and "event_id" in e.detail],
         next_step=_NEXT_STEP.get(payment.state) if payment.next_attempt_at is not None else None,
         # Operating's own table, so the page offers what `operate` accepts (it still has the last word: 409).
@@ -130,13 +130,13 @@ def search_text(value: str | None) -> str:
 
 
 async def search(service: PaymentService, text: str) -> models.Payment | None:
-    """The payment that `text` names: its out_trade_no, else its business order_id."""
+    """The payment that `text` names: its out_trade_no, else its business order_id, else WeChat's transaction_id."""
     if payloads.OUT_TRADE_NO.match(text):
         try:
             return await service.get_payment(text)
         except errors.NotFound:
             pass
-    return await service.store.get_by_order_id(text)
+    return await service.store.get_by_order_id(text) or await service.store.get_by_transaction_id(text)
 
 
 def detail_items(detail: dict[str, Any], skip: Iterable[str] = ()) -> list[tuple[str, str]]:

@@ -10,6 +10,7 @@ from payflow.service import PaymentService
 from payflow.settings import Settings
 from payflow.store import PaymentStore
 from payflow.wechat.api import WechatApi
+from payflow.wechat.certificates import KeyRing
 
 SETTINGS = web.AppKey("SETTINGS", Settings)
 STORE = web.AppKey("STORE", PaymentStore)
@@ -18,3 +19,5 @@ METRICS = web.AppKey("METRICS", Metrics)
 # The clients the service was given; null objects (raising NotConfigured) when not configured.
 WECHAT = web.AppKey("WECHAT", WechatApi)
 BACKEND = web.AppKey("BACKEND", Backend)
+# The keys WeChat's signatures are checked with, shared by the client and the verifier; None when not configured.
+KEY_RING: web.AppKey[KeyRing | None] = web.AppKey("KEY_RING")

@@ -12,6 +12,7 @@ from typing import Any
 from aiohttp import web
 
 import payflow
+from payflow.wechat.api import H5_TYPES, TRADE_TYPES
 
 Schema = dict[str, Any]
 
@@ -65,7 +66,18 @@ _PAYMENT_PROPERTIES: dict[str, Schema] = {
     "transaction_id": _nullable({"type": "string"}),
     "paid_at": _nullable(_DATE_TIME),
     "expires_at": _DATE_TIME,
+    "trade_type": {"type": "string", "enum": list(TRADE_TYPES), "description": "the product it is sold through"},
 }
+
+_APP_PARAMS = _object({
+    "appid": {"type": "string"},
+    "partnerid": {"type": "string", "description": "the mchid"},
+    "prepayid": {"type": "string"},
+    "package": {"type": "string", "enum": ["Sign=WXPay"]},
+    "noncestr": {"type": "string"},
+    "timestamp": {"type": "string", "pattern": "^[0-9]+$"},
+    "sign": {"type": "string"},
+})
 
 _PAY_PARAMS = _object({
     "appId": {"type": "string"},
@@ -97,13 +109,18 @@ SCHEMAS: dict[str, Schema] = {
         "amount": _AMOUNT,
         "description": _text(127, "shown to the payer; at most 127 bytes of UTF-8 (a Chinese character is 3), "
                                   "no character above U+FFFF"),
-        "openid": _text(128, "the payer's openid under the merchant's appid"),
+        "trade_type": {"type": "string", "enum": list(TRADE_TYPES),
+                       "description": "jsapi (default), miniprogram, native, h5 or app"},
+        "openid": _text(128, "jsapi and miniprogram only (required): the payer's openid under that appid"),
+        "payer_client_ip": {"type": "string", "maxLength": 45,
+                            "description": "h5 only (required): the payer's IPv4 or IPv6 address"},
+        "h5_type": {"type": "string", "enum": list(H5_TYPES), "description": "h5 only (required)"},
         "attach": _nullable(_text(128, "returned as is in the paid event; at most 128 bytes of UTF-8, no "
                                        "character above U+FFFF; null is the same as absent")),
         "out_trade_no": _nullable({**_OUT_TRADE_NO, "description": "chosen by payflow when absent or null"}),
         "expires_in": _nullable({"type": "integer", "minimum": 60, "maximum": 604800,
                                  "description": "seconds; PAYFLOW_PAYMENT_TTL when absent or null"}),
-    }, optional=("attach", "out_trade_no", "expires_in")),
+    }, optional=("trade_type", "openid", "payer_client_ip", "h5_type", "attach", "out_trade_no", "expires_in")),
     "Note": _object({"note": _text(500, "why the operator acts; kept on the event")}),
     "Payment": _object(_PAYMENT_PROPERTIES),
     "PayParams": _PAY_PARAMS,
@@ -111,8 +128,12 @@ SCHEMAS: dict[str, Schema] = {
         **_PAYMENT_PROPERTIES,
         "prepay_id": _nullable({"type": "string"}),
         # Inlined: in OpenAPI 3.0 a $ref ignores its siblings, `nullable` included.
-        "pay_params": _nullable({**_PAY_PARAMS, "description": "for wx.requestPayment; null unless prepaid"}),
-    }),
+        "pay_params": _nullable({**_PAY_PARAMS, "description": "jsapi, miniprogram: for wx.requestPayment; "
+                                                               "null unless prepaid"}),
+        "code_url": _nullable({"type": "string", "description": "native: the QR code's content; null unless prepaid"}),
+        "h5_url": _nullable({"type": "string", "description": "h5: where to send the payer; null unless prepaid"}),
+        "app_params": _nullable({**_APP_PARAMS, "description": "app: the App SDK's PayReq; null unless prepaid"}),
+    }, optional=("pay_params", "code_url", "h5_url", "app_params")),
     "AdminPayment": _object({
         **_PAYMENT_PROPERTIES,
         "attempts": {"type": "integer", "minimum": 0},

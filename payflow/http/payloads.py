@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import ipaddress
 import json
 import re
 from collections.abc import Mapping
@@ -13,11 +14,16 @@ from aiohttp import web
 from payflow import errors
 from payflow.service import STUCK, NewPayment
 from payflow.states import State
+from payflow.wechat.api import H5_TYPES
 
 OUT_TRADE_NO = re.compile(r"^[0-9A-Za-z_-]{6,32}$")
 MAX_EXPIRES_IN = 7 * 86400  # WeChat's default order lifetime; longer is almost always a unit mistake
 
-_NEW_PAYMENT_FIELDS = {"order_id", "amount", "description", "openid", "attach", "out_trade_no", "expires_in"}
+_NEW_PAYMENT_FIELDS = {"order_id", "amount", "description", "openid", "attach", "out_trade_no", "expires_in",
+                       "trade_type", "payer_client_ip", "h5_type"}
+# The fields each product needs beyond the common ones; a field of another product is refused, not ignored.
+_PRODUCT_FIELDS = {"jsapi": ("openid",), "miniprogram": ("openid",), "native": (), "app": (),
+                   "h5": ("payer_client_ip", "h5_type")}
 
 
 class BadJson(errors.InvalidRequest):
@@ -149,13 +155,43 @@ def new_payment(body: dict[str, Any]) -> NewPayment:
     amount = _integer(body, "amount", low=1, high=2**31 - 1)
     if amount is None:
         raise errors.InvalidRequest("amount is required", field="amount")
+    trade_type = body.get("trade_type", "jsapi")
+    if not isinstance(trade_type, str) or trade_type not in _PRODUCT_FIELDS:
+        raise errors.InvalidRequest(f"trade_type must be one of {', '.join(_PRODUCT_FIELDS)}", field="trade_type")
+    needed = _PRODUCT_FIELDS[trade_type]
+    for name in ("openid", "payer_client_ip", "h5_type"):
+        if name not in needed and body.get(name) is not None:
+            raise errors.InvalidRequest(f"{name} does not apply to trade_type {trade_type}", field=name)
     return NewPayment(
         order_id=_required_text(body, "order_id", max_bytes=64),
         amount=amount,
         # WeChat's limits (DOC-JSAPI): description string(127), attach string(128), payer.openid string(128).
         description=_required_text(body, "description", max_bytes=127, wechat=True),
-        openid=_required_text(body, "openid", max_bytes=128, wechat=True),
+        openid=_required_text(body, "openid", max_bytes=128, wechat=True) if "openid" in needed else "",
         attach=_text(body, "attach", max_bytes=128, wechat=True),
         out_trade_no=trade_no,
         expires_in=_integer(body, "expires_in", low=60, high=MAX_EXPIRES_IN, required=False),
+        trade_type=trade_type,
+        payer_client_ip=_client_ip(body) if "payer_client_ip" in needed else None,
+        h5_type=_choice(body, "h5_type", H5_TYPES) if "h5_type" in needed else None,
     )
+
+
+def _client_ip(body: dict[str, Any]) -> str:
+    """H5's scene_info.payer_client_ip: the payer's IPv4 or IPv6 address, string(45) at WeChat."""
+    value = _required_text(body, "payer_client_ip", max_bytes=45)
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        raise errors.InvalidRequest("payer_client_ip must be an IPv4 or IPv6 address",
+                                    field="payer_client_ip") from None
+    return value
+
+
+def _choice(body: dict[str, Any], name: str, choices: tuple[str, ...]) -> str:
+    value = body.get(name)
+    if value is None:
+        raise errors.InvalidRequest(f"{name} is required", field=name)
+    if value not in choices:
+        raise errors.InvalidRequest(f"{name} must be one of {', '.join(choices)}", field=name)
+    return str(value)

@@ -72,7 +72,7 @@ class PaymentService:
 
         # The use cases, as the parts define them (bound once: the notify path pays no extra call).
         self.create_payment = self.placement.create_payment
-        self.jsapi_order = self.placement.jsapi_order
+        self.order = self.placement.order
         self.view_payment = self.reads.view_payment
         self.get_payment = self.reads.get_payment
         self.timeline = self.reads.timeline

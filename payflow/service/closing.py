@@ -31,7 +31,7 @@ class Closing:
         if payment.state not in (State.CREATED, State.PREPAID):
             return payment
         with logs.bound(out_trade_no=out_trade_no):
-            txn = await self.wechat.query(out_trade_no)
+            txn = await self.wechat.query(out_trade_no, payment.appid)
             if txn is not None and txn.trade_state in FINAL_TRADE_STATES:
                 await self.paid.settle(payment, txn)
                 return await core.load(out_trade_no)
@@ -53,7 +53,7 @@ class Closing:
             await self.wechat.close_order(payment.out_trade_no)
         except errors.WechatFinal as exc:
             if exc.wechat_code in ORDER_PAID:
-                txn = await self.wechat.query(payment.out_trade_no)
+                txn = await self.wechat.query(payment.out_trade_no, payment.appid)
                 if txn is not None and txn.trade_state == "SUCCESS":
                     await self.paid.confirm_paid(txn, source=Source.QUERY)
                     return await core.load(payment.out_trade_no)

@@ -16,7 +16,7 @@ from payflow.clock import Clock, SystemClock
 from payflow.metrics import Metrics
 from payflow.settings import Settings
 from payflow.states import Source, Trigger
-from payflow.store import PaymentStore, Step
+from payflow.store import Note, PaymentStore, Step
 
 log = logs.get_logger("payflow.service")
 # Where structlog sends `log`'s events; its level decides, so hot paths can skip building a dropped event.
@@ -125,10 +125,13 @@ class Core:
             log.debug("payment.transitioned", out_trade_no=payment.out_trade_no, trigger=step.trigger.value,
                       source=step.source, from_state=payment.state.value, state=step.to.value)
 
-    async def reschedule(self, payment: models.Payment, at: dt.datetime | None, attempts: int) -> models.Payment:
-        """Set the next attempt; if the payment moved on meanwhile, the mover's schedule stands."""
+    async def reschedule(self, payment: models.Payment, at: dt.datetime | None, attempts: int, *,
+                         note: Note | None = None) -> models.Payment:
+        """Set the next attempt (with `note`'s event, if given); if the payment moved on meanwhile, the mover's
+        schedule stands."""
         try:
-            return await self.store.reschedule(payment, next_attempt_at=at, attempts=attempts, at=self.now())
+            return await self.store.reschedule(payment, next_attempt_at=at, attempts=attempts, at=self.now(),
+                                               note=note)
         except errors.StaleState:
             return await self.load(payment.out_trade_no)
 

@@ -18,6 +18,7 @@ from payflow import errors, logs, models
 from payflow.backend import Backend
 from payflow.service.core import Core
 from payflow.states import Source, State, Trigger
+from payflow.store import Note
 
 log = logs.get_logger("payflow.service")
 
@@ -95,7 +96,8 @@ class Forwarding:
                 delivery = await self.backend.deliver(payment)
             except errors.NotConfigured as exc:
                 log.warning("forward.unconfigured", error=str(exc))
-                return await self._failed(payment, {"error": str(exc)})
+                return await self._failed(payment, {"event_id": payment.event_id, "attempt": payment.attempts + 1,
+                                                    "error": str(exc)})
             detail = {"event_id": payment.event_id, "attempt": payment.attempts + 1, **delivery.detail()}
             core.metrics.forwards.labels(outcome=delivery.outcome).inc()
             if delivery.outcome == "acked":
@@ -117,7 +119,9 @@ class Forwarding:
             core.metrics.forwards.labels(outcome="exhausted").inc()
             return await core.apply(payment, Trigger.FLAG, source=Source.SWEEPER,
                                     payload={"reason": "forward_exhausted"}, detail=detail)
-        return await core.reschedule(payment, core.after(schedule[failures - 1]), failures)
+        # Every failed attempt leaves its event with the backend's answer (the operator's "why not yet?").
+        return await core.reschedule(payment, core.after(schedule[failures - 1]), failures,
+                                     note=Note("forward_failed", Source.BACKEND, detail))
 
 
 class _InFlight:

@@ -90,7 +90,7 @@ class Operating:
             return await self._recheck(payment)
 
     async def _recheck(self, payment: models.Payment) -> ActionResult:
-        txn = await self.wechat.query(payment.out_trade_no)  # WechatRetryable → 503: nothing changed
+        txn = await self.wechat.query(payment.out_trade_no, payment.appid)  # WechatRetryable → 503: nothing changed
         if txn is None:
             return ActionResult(payment, "recheck", "unknown_at_wechat")
         if txn.trade_state == "SUCCESS":

@@ -28,7 +28,8 @@ log = logs.get_logger("payflow.service")
 FINAL_TRADE_STATES = frozenset({"SUCCESS", "CLOSED", "REFUND"})
 REFUND_EVENTS = "REFUND."  # REFUND.SUCCESS, REFUND.ABNORMAL, REFUND.CLOSED
 # notification outcomes → the labels of payflow_notifications
-_OUTCOME_METRIC = {"already_paid": "duplicate", "amount_mismatch": "mismatch", "unknown_payment": "unknown"}
+_OUTCOME_METRIC = {"already_paid": "duplicate", "amount_mismatch": "mismatch", "appid_mismatch": "mismatch",
+                   "unknown_payment": "unknown"}
 
 
 class Paid:
@@ -67,7 +68,7 @@ class Paid:
                 return "duplicate"
             log.info("notification.ignored", event_type=note.event_type)
             return "ignored"
-        if txn.mchid != core.settings.wechat_mchid or txn.appid != core.settings.wechat_appid:
+        if txn.mchid != core.settings.wechat_mchid or txn.appid not in core.settings.merchant_appids:
             log.warning("notification.refused", reason="merchant_mismatch", mchid=txn.mchid, appid=txn.appid)
             core.metrics.count_notification("mismatch")
             raise MalformedNotification("mchid/appid do not belong to this merchant")
@@ -117,6 +118,8 @@ class Paid:
         def decide(payment: models.Payment | None) -> Step:
             if payment is None:
                 return Step("unknown_payment")
+            if txn.appid is not None and txn.appid != (payment.appid or core.settings.wechat_appid):
+                return Step("appid_mismatch")  # another of the merchant's apps: not news about this payment
             if payment.state in (State.CREATED, State.PREPAID):
                 if txn.amount != payment.amount:
                     return core.step(payment, Trigger.FLAG, "amount_mismatch", source=source,
@@ -151,6 +154,10 @@ class Paid:
         elif outcome == "unknown_payment":
             log.error("alert.unknown_payment", out_trade_no=txn.out_trade_no, source=source.value,
                       transaction_id=txn.transaction_id, amount=txn.amount)
+        elif outcome == "appid_mismatch":
+            assert decided.before is not None
+            log.error("alert.appid_mismatch", out_trade_no=txn.out_trade_no, appid=txn.appid,
+                      expected_appid=decided.before.appid or core.settings.wechat_appid, source=source.value)
         elif outcome == "amount_mismatch":
             assert decided.before is not None
             log.error("alert.amount_mismatch", out_trade_no=txn.out_trade_no, paid_amount=txn.amount,

@@ -13,7 +13,7 @@ from payflow import errors, logs, models
 from payflow.clock import SHANGHAI
 from payflow.service.core import Core
 from payflow.states import Source, State, Trigger
-from payflow.wechat.api import JsapiOrder, WechatApi
+from payflow.wechat.api import TRADE_TYPES, Order, WechatApi
 
 log = logs.get_logger("payflow.service")
 
@@ -31,17 +31,21 @@ class NewPayment:
     order_id: str
     amount: int
     description: str
-    openid: str
+    openid: str = ""  # jsapi and miniprogram only
     attach: str | None = None
     out_trade_no: str | None = None
     expires_in: int | None = None  # seconds
+    trade_type: str = "jsapi"
+    payer_client_ip: str | None = None  # h5 only
+    h5_type: str | None = None  # h5 only
 
     def differences(self, payment: models.Payment) -> list[str]:
         """The fields in which this request contradicts the stored payment of the same order_id.
 
         `expires_in` is relative to the first request, so a retry cannot be compared on it.
         """
-        diff = [name for name in ("amount", "description", "openid", "attach")
+        diff = [name for name in ("amount", "description", "openid", "attach", "trade_type", "payer_client_ip",
+                                  "h5_type")
                 if getattr(self, name) != getattr(payment, name)]
         if self.out_trade_no is not None and self.out_trade_no != payment.out_trade_no:
             diff.append("out_trade_no")
@@ -51,11 +55,17 @@ class NewPayment:
 @dataclasses.dataclass(frozen=True, slots=True)
 class Created:
     payment: models.Payment
-    pay_params: dict[str, str] | None
+    # What the front end needs to pay, by product (None until placed, or once the payment cannot be paid):
+    # `pay_params` (JSAPI, mini program), `code_url` (Native), `h5_url` (H5), `app_params` (App).
+    front: dict[str, Any]
     new: bool  # False when an earlier request with the same order_id made it
 
+    @property
+    def pay_params(self) -> dict[str, str] | None:
+        return self.front.get("pay_params")
+
     def view(self) -> dict[str, Any]:
-        return {**self.payment.view(), "prepay_id": self.payment.prepay_id, "pay_params": self.pay_params}
+        return {**self.payment.view(), "prepay_id": self.payment.prepay_id, **self.front}
 
 
 class Placement:
@@ -75,7 +85,7 @@ class Placement:
             refused = await core.store.refused_payment(request.order_id)
             if refused is not None and not request.differences(refused):
                 # The request WeChat refused, unchanged: asking again would be refused again.
-                return Created(refused, None, new=False)
+                return Created(refused, self.front(refused), new=False)
             now = core.now()
             ttl = request.expires_in if request.expires_in is not None else core.settings.payment_ttl
             payment = models.Payment(
@@ -85,6 +95,10 @@ class Placement:
                 description=request.description,
                 openid=request.openid,
                 attach=request.attach,
+                trade_type=request.trade_type,
+                appid=core.settings.appid_for(request.trade_type),
+                payer_client_ip=request.payer_client_ip,
+                h5_type=request.h5_type,
                 state=State.CREATED,
                 version=1,
                 event_id=f"evt_{uuid.uuid4().hex}",
@@ -107,7 +121,7 @@ class Placement:
                 with logs.bound(out_trade_no=created.out_trade_no):
                     log.info("payment.created", order_id=created.order_id, amount=created.amount)
                     placed = await self.place(created, deadline=core.settings.wechat_timeout)
-                return Created(placed, self.pay_params(placed), new=True)
+                return Created(placed, self.front(placed), new=True)
 
         diff = request.differences(existing)
         if diff:
@@ -116,25 +130,29 @@ class Placement:
         if existing.state is State.CREATED:
             with logs.bound(out_trade_no=existing.out_trade_no):
                 existing = await self.place(existing, deadline=core.settings.wechat_timeout)
-        return Created(existing, self.pay_params(existing), new=False)
+        return Created(existing, self.front(existing), new=False)
 
-    def jsapi_order(self, payment: models.Payment) -> JsapiOrder:
+    def order(self, payment: models.Payment) -> Order:
         """The order exactly as first sent: WeChat's re-entry rule needs identical parameters."""
         notify_url = self.core.settings.notify_url
         if notify_url is None:
             raise errors.NotConfigured("WeChat cannot notify payflow: set PAYFLOW_NOTIFY_URL")
-        return JsapiOrder(
+        return Order(
             out_trade_no=payment.out_trade_no,
             description=payment.description,
             amount=payment.amount,
-            openid=payment.openid,
-            attach=payment.attach,
             time_expire=payment.expires_at.astimezone(SHANGHAI),
             notify_url=notify_url,
+            trade_type=payment.trade_type,
+            appid=payment.appid,
+            openid=payment.openid or None,
+            attach=payment.attach,
+            payer_client_ip=payment.payer_client_ip,
+            h5_type=payment.h5_type,
         )
 
     async def place(self, payment: models.Payment, *, deadline: float | None = None) -> models.Payment:
-        """Place (or re-enter) the JSAPI order of a `created` payment → `prepaid`, or `closed` if refused.
+        """Place (or re-enter) the order of a `created` payment → `prepaid`, or `closed` if refused.
 
         Raises `WechatRetryable` when the outcome is unknown (the payment stays `created`), and
         `WechatFinal` after closing the payment when WeChat refused it for good. A payer's request passes
@@ -142,11 +160,11 @@ class Placement:
         so a create never hangs; the sweeper, with no payer waiting, goes on as long as the client does.
         """
         core = self.core
-        order = self.jsapi_order(payment)
+        order = self.order(payment)
         try:
             try:
                 async with asyncio.timeout(deadline):
-                    prepay_id = await self.wechat.place_jsapi(order)
+                    placed = await self.wechat.place(order)
             except TimeoutError:
                 raise errors.WechatRetryable(
                     f"WeChat did not place the order within {deadline:g}s; the payment is kept") from None
@@ -161,15 +179,25 @@ class Placement:
                                       "message": str(exc), "order_id_released": released},
                               changes={"order_released": True} if released else None)
             raise
+        # Native's code_url and H5's h5_url are what the front end shows; a prepay_id is signed for it on demand.
+        answer = {"prepay_id": placed.prepay_id} if placed.prepay_id else {"pay_url": placed.code_url or placed.h5_url}
         return await core.apply(
-            payment, Trigger.PREPAY, source=Source.API, payload={"prepay_id": prepay_id},
-            changes={"prepay_id": prepay_id, "next_attempt_at": core.after(core.settings.query_schedule[0])},
+            payment, Trigger.PREPAY, source=Source.API, payload=answer,
+            changes={**answer, "next_attempt_at": core.after(core.settings.query_schedule[0])},
         )
 
-    def pay_params(self, payment: models.Payment) -> dict[str, str] | None:
-        if payment.state is not State.PREPAID or payment.prepay_id is None:
-            return None
-        return self.wechat.pay_params(payment.prepay_id)
+    def front(self, payment: models.Payment) -> dict[str, Any]:
+        """What the payer's front end needs, by product; every key None while the payment cannot be paid."""
+        payable = payment.state is State.PREPAID
+        api = TRADE_TYPES.get(payment.trade_type, "jsapi")
+        if payment.trade_type == "native":
+            return {"code_url": payment.pay_url if payable else None}
+        if payment.trade_type == "h5":
+            return {"h5_url": payment.pay_url if payable else None}
+        prepay_id = payment.prepay_id if payable else None
+        if api == "app":
+            return {"app_params": self.wechat.app_params(prepay_id, payment.appid) if prepay_id else None}
+        return {"pay_params": self.wechat.pay_params(prepay_id, payment.appid) if prepay_id else None}
 
 
 def _new_out_trade_no(now: dt.datetime) -> str:

@@ -68,7 +68,8 @@ class Reads:
         entry = self._queries.get(out_trade_no)
         fresh_enough = entry is not None and (now - entry[0]).total_seconds() < interval
         if entry is None or not fresh_enough and entry[1].done():
-            task = asyncio.get_running_loop().create_task(self._query(out_trade_no), name=f"read-query-{out_trade_no}")
+            task = asyncio.get_running_loop().create_task(self._query(out_trade_no, payment.appid),
+                                                          name=f"read-query-{out_trade_no}")
             entry = self._queries[out_trade_no] = (now, task)
             self._queries.move_to_end(out_trade_no)
             if len(self._queries) > self._queries_kept:
@@ -76,10 +77,10 @@ class Reads:
         await asyncio.shield(entry[1])
         return await core.load(out_trade_no)
 
-    async def _query(self, out_trade_no: str) -> None:
+    async def _query(self, out_trade_no: str, appid: str | None) -> None:
         try:
             with ratelimit.priority(Priority.READ):  # never waits: no budget now → the stored state
-                txn = await self.wechat.query(out_trade_no)
+                txn = await self.wechat.query(out_trade_no, appid)
             if txn is not None and txn.trade_state == "SUCCESS":
                 with logs.bound(out_trade_no=out_trade_no):
                     await self.paid.confirm_paid(txn, Source.QUERY)

@@ -40,7 +40,7 @@ class Sweeping:
     async def _sweep_unpaid(self, payment: models.Payment) -> str:
         core = self.core
         try:
-            txn = await self.wechat.query(payment.out_trade_no)
+            txn = await self.wechat.query(payment.out_trade_no, payment.appid)
         except errors.NotConfigured:
             await self._unconfigured(payment)
             return "no_wechat"

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 
 from payflow import errors, models
 from payflow.backend import Delivery
-from payflow.wechat.api import JsapiOrder, Transaction
+from payflow.wechat.api import Order, Placed, Transaction
 from payflow.wechat.notify import VerifiedNotification
 
 WECHAT_VARIABLES = ("PAYFLOW_WECHAT_MCHID, PAYFLOW_WECHAT_APPID, PAYFLOW_WECHAT_MCH_SERIAL, "
@@ -20,16 +20,19 @@ class UnconfiguredWechat:
     def _refuse(self) -> errors.NotConfigured:
         return errors.NotConfigured(f"WeChat Pay is not configured: set {WECHAT_VARIABLES}")
 
-    async def place_jsapi(self, order: JsapiOrder) -> str:
+    async def place(self, order: Order) -> Placed:
         raise self._refuse()
 
-    async def query(self, out_trade_no: str) -> Transaction | None:
+    async def query(self, out_trade_no: str, appid: str | None = None) -> Transaction | None:
         raise self._refuse()
 
     async def close_order(self, out_trade_no: str) -> None:
         raise self._refuse()
 
-    def pay_params(self, prepay_id: str) -> dict[str, str]:
+    def pay_params(self, prepay_id: str, appid: str | None = None) -> dict[str, str]:
+        raise self._refuse()
+
+    def app_params(self, prepay_id: str, appid: str | None = None) -> dict[str, str]:
         raise self._refuse()
 
 

@@ -94,9 +94,16 @@ def _requires(name: str) -> Guard:
     return guard
 
 
+def _placed(payment: PaymentLike, payload: Mapping[str, Any]) -> str | None:
+    """WeChat's answer to the placement: a prepay_id (JSAPI, mini program, App) or a URL (Native, H5)."""
+    if _requires("prepay_id")(payment, payload) is None or _requires("pay_url")(payment, payload) is None:
+        return None
+    return "prepay_id or pay_url is required"
+
+
 # Guards are pure functions of (payment, payload) that return a reason to refuse, or None.
 GUARDS: Mapping[Trigger, tuple[Guard, ...]] = {
-    Trigger.PREPAY: (_requires("prepay_id"),),
+    Trigger.PREPAY: (_placed,),
     Trigger.PAY: (_amount_matches, _requires("transaction_id")),
     Trigger.RECONCILE: (_amount_matches,),
     Trigger.FLAG: (_requires("reason"),),

@@ -13,7 +13,7 @@ from payflow.states import State, Trigger
 
 # Columns a transition or reschedule may change besides state and version.
 CHANGEABLE = frozenset({"prepay_id", "transaction_id", "paid_at", "paid_amount", "next_attempt_at", "attempts",
-                        "order_released"})
+                        "order_released", "pay_url"})
 # States the sweeper never visits: their schedule is cleared by the store, whatever the caller asked.
 UNSCHEDULED = frozenset({State.SYNCED, State.RECONCILED, State.CLOSED, State.NEEDS_REVIEW})
 # A reconciliation run still `running` after this long is taken to have died with its process.
@@ -49,6 +49,15 @@ class Decided:
 
 
 Decide = Callable[[models.Payment | None], Step]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Note:
+    """An audit event that changes no state, written together with a reschedule."""
+
+    trigger: str
+    source: str
+    detail: Mapping[str, Any]
 
 
 def transition_changes(
@@ -157,9 +166,12 @@ class PaymentStore(abc.ABC):
 
     @abc.abstractmethod
     async def reschedule(
-        self, payment: models.Payment, *, next_attempt_at: dt.datetime | None, attempts: int, at: dt.datetime
+        self, payment: models.Payment, *, next_attempt_at: dt.datetime | None, attempts: int, at: dt.datetime,
+        note: Note | None = None,
     ) -> models.Payment:
-        """Set the next attempt of a payment without changing its state (CAS on version); ends its lease."""
+        """Set the next attempt of a payment without changing its state (CAS on version); ends its lease.
+        `note`, when given, is an event (from = to = the state) written in the same transaction: a failed
+        delivery's attempt number and the backend's answer, say."""
 
     @abc.abstractmethod
     async def claim(self, payment: models.Payment, *, now: dt.datetime, lease: float) -> models.Payment:
@@ -209,6 +221,15 @@ class PaymentStore(abc.ABC):
 
     @abc.abstractmethod
     async def get_notification(self, notification_id: str) -> models.Notification | None: ...
+
+    @abc.abstractmethod
+    async def notifications(self, out_trade_no: str) -> list[models.Notification]:
+        """Every notification recorded against this payment (duplicates, ignored and refund ones included),
+        oldest first: what WeChat said about it, for the operator."""
+
+    @abc.abstractmethod
+    async def get_by_transaction_id(self, transaction_id: str) -> models.Payment | None:
+        """The payment WeChat paid under this transaction id, if any."""
 
     # --- reconciliation -----------------------------------------------------------------------
 

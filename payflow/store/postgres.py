@@ -1,8 +1,10 @@
 """PostgreSQL backend of `PaymentStore` (asyncpg) for several payflow replicas on one database.
 
-CAS transitions with their event row in one transaction; claims with `FOR UPDATE SKIP LOCKED` and a
-lease; a connection pool that heals itself after the database restarts (calls meanwhile raise
-`StoreUnavailable`: the API answers 503, WeChat's notification is retried, nothing acknowledged is lost).
+Decisions and transitions are group-committed (postgres_group_commit): concurrent ones share one read and one
+write statement (postgres_writes), each a compare-and-set with its event and notification rows. Claims use
+`FOR UPDATE SKIP LOCKED` and a lease; the connection pool heals itself after the database restarts (calls
+meanwhile raise `StoreUnavailable`: the API answers 503, WeChat's notification is retried, nothing acknowledged
+is lost).
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import json
+import urllib.parse
 from collections.abc import AsyncIterator, Iterable, Mapping
 from typing import Any
 
@@ -17,17 +20,40 @@ import asyncpg
 
 from payflow import errors, logs, models
 from payflow.states import State, Trigger
-from payflow.store import RUN_STALE_AFTER, UNSCHEDULED, PaymentStore, transition_changes
+from payflow.store import (
+    RUN_STALE_AFTER,
+    UNSCHEDULED,
+    Decide,
+    Decided,
+    Note,
+    PaymentStore,
+    postgres_writes,
+    transition_changes,
+)
+from payflow.store.postgres_group_commit import GroupWriter
 from payflow.store.postgres_schema import migrate
+from payflow.store.postgres_writes import (
+    ALL_FIELDS,
+    FIELDS,
+    LEASE,
+    STATE,
+    Write,
+    dumps,
+    insert_notification,
+    store_error,
+)
+
+# Connections per replica, unless the URL says `?pool_size=N`. Decisions and transitions take one at a time (the
+# group commit), so the pool does not bound notifications (2 to 20 measured the same); the rest serve what runs
+# beside them one statement each: the sweeper's claims and reschedules (PAYFLOW_SWEEP_CONCURRENCY, 8), creates and
+# reads. More than that would only queue inside a server with few cores (BENCHMARKS.md, notify_throughput_pg).
+POOL_SIZE = 10
 
 _COLUMNS = (
     "out_trade_no, order_id, amount, currency, description, openid, attach, state, version, event_id, "
     "prepay_id, transaction_id, paid_at, paid_amount, expires_at, next_attempt_at, attempts, lease_token, "
-    "created_at, updated_at"
+    "created_at, updated_at, trade_type, appid, payer_client_ip, h5_type, pay_url"
 )
-_DRIVER_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError, OSError, ConnectionError,
-                  TimeoutError)
-
 
 def _payment(row: asyncpg.Record) -> models.Payment:
     return models.Payment(**{k: row[k] for k in row.keys() if k != "due_at"} | {"state": State(row["state"])})
@@ -40,39 +66,61 @@ def _event(row: asyncpg.Record) -> models.Event:
                         detail=row["detail"], at=row["at"])
 
 
-def _dumps(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False, sort_keys=True, default=str)
-
-
 async def _init_connection(connection: asyncpg.Connection) -> None:
-    await connection.set_type_codec("jsonb", encoder=_dumps, decoder=json.loads, schema="pg_catalog")
+    await connection.set_type_codec("jsonb", encoder=dumps, decoder=json.loads, schema="pg_catalog")
 
 
 @contextlib.asynccontextmanager
 async def _boundary() -> AsyncIterator[None]:
-    """Driver errors become payflow errors here, and nowhere else."""
+    """Driver errors become payflow errors here (and, for the group commit's writes, in `store_error`)."""
     try:
         yield
     except errors.PayflowError:
         raise
-    except asyncpg.UniqueViolationError as exc:
-        raise errors.DuplicatePayment(str(exc)) from exc
-    except asyncpg.IntegrityConstraintViolationError as exc:
-        raise errors.Conflict(f"constraint violated: {exc}") from exc
-    except _DRIVER_ERRORS as exc:
-        raise errors.StoreUnavailable(f"PostgreSQL: {type(exc).__name__}: {exc}") from exc
+    except postgres_writes.DRIVER_ERRORS as exc:
+        raise store_error(exc) from exc
+
+
+async def _keep_session(connection: asyncpg.Connection) -> None:
+    """A released connection goes back to the pool as it is: no reset query, so no round trip per release.
+    payflow keeps no session state (no SET, LISTEN, cursors or held advisory locks: `migrate` unlocks, and a
+    pool whose migration failed is closed); an open transaction is still rolled back by asyncpg first."""
+
+
+def _pool_size(dsn: str) -> tuple[str, int]:
+    """The URL without `pool_size`, and that size (POOL_SIZE when absent); other parameters stay server
+    settings."""
+    parts = urllib.parse.urlsplit(dsn)
+    query = urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
+    sizes = [value for key, value in query if key == "pool_size"]
+    if not sizes:
+        return dsn, POOL_SIZE
+    if not sizes[-1].isdigit() or int(sizes[-1]) < 1:
+        raise errors.SettingsError(f"PAYFLOW_DATABASE_URL: pool_size must be a positive integer, not {sizes[-1]!r}")
+    rest = urllib.parse.urlencode([(key, value) for key, value in query if key != "pool_size"])
+    return urllib.parse.urlunsplit(parts._replace(query=rest)), int(sizes[-1])
+
+
+_CREATE_SQL = (f"WITH created AS (INSERT INTO payments ({', '.join(FIELDS)}) "
+               f"VALUES ({', '.join(f'${i}' for i in range(1, len(FIELDS) + 1))}) RETURNING out_trade_no, created_at) "
+               "INSERT INTO order_events (out_trade_no, from_state, to_state, trigger, source, detail, at) "
+               f"SELECT out_trade_no, NULL, 'created', 'create', ${len(FIELDS) + 1}::text, "
+               f"${len(FIELDS) + 2}::text::jsonb, created_at FROM created")
 
 
 class PostgresStore(PaymentStore):
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
+        self.writes = GroupWriter(pool)
 
     @classmethod
-    async def open(cls, dsn: str, *, min_size: int = 1, max_size: int = 10) -> PostgresStore:
+    async def open(cls, dsn: str, *, min_size: int = 1, max_size: int | None = None) -> PostgresStore:
         async with _boundary():
             try:
-                pool = await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size, init=_init_connection,
-                                                 command_timeout=30)
+                dsn, size = _pool_size(dsn)
+                size = max_size or size
+                pool = await asyncpg.create_pool(dsn, min_size=min(min_size, size), max_size=size,
+                                                 init=_init_connection, reset=_keep_session, command_timeout=30)
             except (ValueError, OverflowError, TypeError) as exc:  # a URL the driver cannot parse
                 # Not the driver's message: it may quote a piece of the URL, password included.
                 raise errors.SettingsError(
@@ -86,7 +134,10 @@ class PostgresStore(PaymentStore):
         return cls(pool)
 
     async def close(self) -> None:
-        await self._pool.close()
+        try:
+            await self.writes.close()  # what is queued still commits
+        finally:
+            await self._pool.close()
 
     async def ping(self) -> None:
         async with _boundary():
@@ -97,22 +148,16 @@ class PostgresStore(PaymentStore):
     async def create(self, payment: models.Payment, *, source: str, detail: Mapping[str, Any]) -> models.Payment:
         if payment.state is not State.CREATED:
             raise errors.IllegalTransition("new", f"create as {payment.state.value}")
-        async with _boundary(), self._pool.acquire() as db, db.transaction():
+        values = list(ALL_FIELDS(payment))
+        values[STATE], values[LEASE] = payment.state.value, None
+        async with _boundary():
             try:
-                await db.execute(
-                    f"INSERT INTO payments ({_COLUMNS}) VALUES "
-                    "($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17,NULL,$18,$19)",
-                    payment.out_trade_no, payment.order_id, payment.amount, payment.currency, payment.description,
-                    payment.openid, payment.attach, payment.state.value, payment.version, payment.event_id,
-                    payment.prepay_id, payment.transaction_id, payment.paid_at, payment.paid_amount,
-                    payment.expires_at, payment.next_attempt_at, payment.attempts, payment.created_at,
-                    payment.updated_at)
+                # The row and its creation event in one statement: one round trip, committed together.
+                await self._pool.execute(_CREATE_SQL, *values, str(source), dumps(dict(detail)))
             except asyncpg.UniqueViolationError as exc:
                 raise errors.DuplicatePayment(
                     f"a payment with order_id {payment.order_id!r} or out_trade_no {payment.out_trade_no!r} exists"
                 ) from exc
-            await _insert_event(db, payment.out_trade_no, None, State.CREATED, "create", source, detail,
-                                payment.created_at)
         return payment
 
     async def transition(
@@ -130,33 +175,41 @@ class PostgresStore(PaymentStore):
     ) -> models.Payment:
         to, trigger = State(to), Trigger(trigger)
         values = transition_changes(payment, to, trigger, changes)
-        assignments = ", ".join(f"{column} = ${i}" for i, column in enumerate(values, start=7))
-        async with _boundary(), self._pool.acquire() as db, db.transaction():
-            row = await db.fetchrow(
-                f"UPDATE payments SET state = $1, version = version + 1, lease_token = $2, updated_at = $3, "
-                f"{assignments} WHERE out_trade_no = $4 AND state = $5 AND version = $6 RETURNING {_COLUMNS}",
-                to.value, lease_token, at, payment.out_trade_no, payment.state.value, payment.version,
-                *values.values())
-            if row is None:
-                raise errors.StaleState(
-                    f"payment {payment.out_trade_no} is no longer {payment.state.value} v{payment.version}")
-            await _insert_event(db, payment.out_trade_no, payment.state, to, trigger.value, source, detail, at)
-            if notification is not None:
-                await _insert_notification(db, notification)
-        return _payment(row)
+        return await self.writes.transition(Write(
+            payment, to, trigger, values, source, at, detail, lease_token, notification,
+            notification.outcome if notification is not None else "", refuse_recorded=False))
+
+    async def decide(
+        self,
+        out_trade_no: str,
+        decide: Decide,
+        *,
+        at: dt.datetime,
+        notification: models.Notification | None = None,
+    ) -> Decided:
+        # One read (the payment and the dedupe row) and one write (the step with its event and notification
+        # rows), each shared with whatever else is queued meanwhile: postgres_group_commit.
+        return await self.writes.decide(out_trade_no, decide, at=at, notification=notification)
 
     async def reschedule(
-        self, payment: models.Payment, *, next_attempt_at: dt.datetime | None, attempts: int, at: dt.datetime
+        self, payment: models.Payment, *, next_attempt_at: dt.datetime | None, attempts: int, at: dt.datetime,
+        note: Note | None = None,
     ) -> models.Payment:
         if payment.state in UNSCHEDULED:
             next_attempt_at = None
         async with _boundary():
+            # One statement: the note's event row is written only if the CAS moved the row.
             row = await self._pool.fetchrow(
-                "UPDATE payments SET next_attempt_at = $1, attempts = $2, lease_token = NULL, "
+                "WITH moved AS (UPDATE payments SET next_attempt_at = $1, attempts = $2, lease_token = NULL, "
                 "version = version + 1, updated_at = $3 WHERE out_trade_no = $4 AND state = $5 AND version = $6 "
-                f"AND lease_token IS NOT DISTINCT FROM $7 RETURNING {_COLUMNS}",
+                f"AND lease_token IS NOT DISTINCT FROM $7 RETURNING {_COLUMNS}), "
+                "noted AS (INSERT INTO order_events (out_trade_no, from_state, to_state, trigger, source, detail, at) "
+                "SELECT out_trade_no, $5, $5, $8::text, $9::text, $10::text::jsonb, $3 FROM moved "
+                "WHERE $8::text IS NOT NULL) "
+                "SELECT * FROM moved",
                 next_attempt_at, attempts, at, payment.out_trade_no, payment.state.value, payment.version,
-                payment.lease_token)
+                payment.lease_token, note.trigger if note else None, note.source if note else None,
+                dumps(dict(note.detail)) if note else None)
         if row is None:
             raise errors.StaleState(f"payment {payment.out_trade_no} changed or lost its lease")
         return _payment(row)
@@ -193,7 +246,7 @@ class PostgresStore(PaymentStore):
 
     async def record_notification(self, notification: models.Notification) -> bool:
         async with _boundary(), self._pool.acquire() as db:
-            return await _insert_notification(db, notification)
+            return await insert_notification(db, notification)
 
     async def record_event(self, payment: models.Payment, trigger: str, *, source: str, at: dt.datetime,
                            detail: Mapping[str, Any]) -> None:
@@ -316,20 +369,21 @@ class PostgresStore(PaymentStore):
                                             notification_id)
         return models.Notification(**dict(row)) if row is not None else None
 
+    async def notifications(self, out_trade_no: str) -> list[models.Notification]:
+        async with _boundary():
+            rows = await self._pool.fetch("SELECT * FROM notifications WHERE out_trade_no = $1 "
+                                          "ORDER BY received_at, notification_id", out_trade_no)
+        return [models.Notification(**dict(row)) for row in rows]
+
+    async def get_by_transaction_id(self, transaction_id: str) -> models.Payment | None:
+        found = await self._payments("transaction_id = $1", transaction_id)
+        return found[0] if found else None
+
 
 async def _insert_event(db: asyncpg.Connection, out_trade_no: str, from_state: State | None, to_state: State,
                         trigger: str, source: str, detail: Mapping[str, Any] | None, at: dt.datetime) -> None:
     await db.execute(
         "INSERT INTO order_events (out_trade_no, from_state, to_state, trigger, source, detail, at) "
-        "VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        "VALUES ($1, $2, $3, $4, $5, $6::text::jsonb, $7)",
         out_trade_no, from_state.value if from_state else None, to_state.value, trigger, str(source),
-        json.loads(_dumps(dict(detail or {}))), at)
-
-
-async def _insert_notification(db: asyncpg.Connection, notification: models.Notification) -> bool:
-    status = await db.execute(
-        "INSERT INTO notifications (notification_id, out_trade_no, event_type, outcome, resource, received_at) "
-        "VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (notification_id) DO NOTHING",
-        notification.notification_id, notification.out_trade_no, notification.event_type, notification.outcome,
-        notification.resource, notification.received_at)
-    return bool(status.endswith(" 1"))
+        dumps(dict(detail or {})), at)

@@ -13,6 +13,8 @@ from payflow.states import State
 STATES_SQL = ", ".join(f"'{s.value}'" for s in State)
 # One lock per database (and schema): replicas starting together migrate one after the other.
 MIGRATION_LOCK = zlib.crc32(b"payflow:migrations")
+# A function of the schema that aborts the statement calling it as a duplicate notification (migration v3).
+NOTIFICATION_RECORDED = "payflow_notification_recorded"
 
 MIGRATIONS: tuple[tuple[str, ...], ...] = (
     (
@@ -100,6 +102,29 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "ALTER TABLE payments DROP CONSTRAINT payments_order_id_key",
         "CREATE UNIQUE INDEX payments_live_order_id ON payments (order_id) WHERE NOT order_released",
         "CREATE INDEX payments_by_order_id ON payments (order_id, created_at)",
+    ),
+    # v3: how the one-statement write of a notification's decision refuses a notification id that a concurrent
+    # delivery recorded first: the whole statement fails as the duplicate key it is, so none of it is kept
+    # (postgres_writes.py). VOLATILE: evaluated only where the CASE reaches it.
+    (
+        f"""
+        CREATE FUNCTION {NOTIFICATION_RECORDED}(notification_id TEXT) RETURNS BOOLEAN VOLATILE LANGUAGE plpgsql AS $$
+        BEGIN
+            RAISE EXCEPTION 'notification % is already recorded', notification_id
+                USING ERRCODE = 'unique_violation', CONSTRAINT = 'notifications_pkey', TABLE = 'notifications';
+        END
+        $$
+        """,
+    ),
+    # v4: every WeChat Pay product (issue 17): what a placement of each needs to be re-sent identically, and
+    # what Native and H5 placements answer; an index for the search by WeChat's transaction id.
+    (
+        "ALTER TABLE payments ADD COLUMN trade_type TEXT NOT NULL DEFAULT 'jsapi'",
+        "ALTER TABLE payments ADD COLUMN appid TEXT",
+        "ALTER TABLE payments ADD COLUMN payer_client_ip TEXT",
+        "ALTER TABLE payments ADD COLUMN h5_type TEXT",
+        "ALTER TABLE payments ADD COLUMN pay_url TEXT",
+        "CREATE INDEX payments_by_transaction_id ON payments (transaction_id) WHERE transaction_id IS NOT NULL",
     ),
 )
 

@@ -21,7 +21,7 @@ import aiosqlite
 
 from payflow import errors, models
 from payflow.states import State, Trigger
-from payflow.store import RUN_STALE_AFTER, UNSCHEDULED, Decide, Decided, PaymentStore, transition_changes
+from payflow.store import RUN_STALE_AFTER, UNSCHEDULED, Decide, Decided, Note, PaymentStore, transition_changes
 from payflow.store.group_commit import GroupCommitWriter
 from payflow.store.sqlite_schema import (
     MIGRATIONS,
@@ -98,14 +98,15 @@ class SqliteStore(PaymentStore):
         def work(db: sqlite3.Connection) -> models.Payment:
             try:
                 db.execute(
-                    f"INSERT INTO payments ({PAYMENT_COLUMNS}) VALUES ({', '.join('?' * 20)})",
+                    f"INSERT INTO payments ({PAYMENT_COLUMNS}) VALUES ({', '.join('?' * 25)})",
                     (
                         payment.out_trade_no, payment.order_id, payment.amount, payment.currency,
                         payment.description, payment.openid, payment.attach, payment.state.value,
                         payment.version, payment.event_id, payment.prepay_id, payment.transaction_id,
                         ts(payment.paid_at), payment.paid_amount, ts(payment.expires_at),
                         ts(payment.next_attempt_at), payment.attempts, None,
-                        ts(payment.created_at), ts(payment.updated_at),
+                        ts(payment.created_at), ts(payment.updated_at), payment.trade_type, payment.appid,
+                        payment.payer_client_ip, payment.h5_type, payment.pay_url,
                     ),
                 )
             except sqlite3.IntegrityError as exc:
@@ -164,7 +165,8 @@ class SqliteStore(PaymentStore):
         return await self.writes.enqueue(work)  # every notification comes here: one coroutine fewer
 
     async def reschedule(
-        self, payment: models.Payment, *, next_attempt_at: dt.datetime | None, attempts: int, at: dt.datetime
+        self, payment: models.Payment, *, next_attempt_at: dt.datetime | None, attempts: int, at: dt.datetime,
+        note: Note | None = None,
     ) -> models.Payment:
         if payment.state in UNSCHEDULED:
             next_attempt_at = None
@@ -180,6 +182,9 @@ class SqliteStore(PaymentStore):
             ))
             if len(rows) != 1:
                 raise errors.StaleState(f"payment {payment.out_trade_no} changed or lost its lease")
+            if note is not None:
+                insert_event(db, payment.out_trade_no, payment.state, payment.state, note.trigger, note.source,
+                             note.detail, at)
             return payment_row(rows[0])
 
         return await self.writes.submit(work)
@@ -370,6 +375,16 @@ class SqliteStore(PaymentStore):
     async def get_notification(self, notification_id: str) -> models.Notification | None:
         rows = await self._fetchall("SELECT * FROM notifications WHERE notification_id = ?", (notification_id,))
         return notification_row(rows[0]) if rows else None
+
+    async def notifications(self, out_trade_no: str) -> list[models.Notification]:
+        rows = await self._fetchall("SELECT * FROM notifications WHERE out_trade_no = ? "
+                                    "ORDER BY received_at, notification_id", (out_trade_no,))
+        return [notification_row(row) for row in rows]
+
+    async def get_by_transaction_id(self, transaction_id: str) -> models.Payment | None:
+        rows = await self._fetchall(f"SELECT {PAYMENT_COLUMNS} FROM payments WHERE transaction_id = ?",
+                                    (transaction_id,))
+        return payment_row(rows[0]) if rows else None
 
 
 def _open_writer(path: str) -> sqlite3.Connection:

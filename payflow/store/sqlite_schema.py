@@ -148,12 +148,23 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "CREATE UNIQUE INDEX payments_live_order_id ON payments (order_id) WHERE order_released = 0",
         "CREATE INDEX payments_by_order_id ON payments (order_id, created_at)",
     ),
+    # v4: every WeChat Pay product (issue 17): what a placement of each needs to be re-sent identically, and
+    # what Native and H5 placements answer.
+    (
+        "ALTER TABLE payments ADD COLUMN trade_type TEXT NOT NULL DEFAULT 'jsapi'",
+        "ALTER TABLE payments ADD COLUMN appid TEXT",
+        "ALTER TABLE payments ADD COLUMN payer_client_ip TEXT",
+        "ALTER TABLE payments ADD COLUMN h5_type TEXT",
+        "ALTER TABLE payments ADD COLUMN pay_url TEXT",
+        # An operator's search by WeChat's transaction id (the console), and the bill's lines by it.
+        "CREATE INDEX payments_by_transaction_id ON payments (transaction_id) WHERE transaction_id IS NOT NULL",
+    ),
 )
 
 PAYMENT_COLUMNS = (
     "out_trade_no, order_id, amount, currency, description, openid, attach, state, version, event_id, "
     "prepay_id, transaction_id, paid_at, paid_amount, expires_at, next_attempt_at, attempts, lease_token, "
-    "created_at, updated_at"
+    "created_at, updated_at, trade_type, appid, payer_client_ip, h5_type, pay_url"
 )
 
 
@@ -190,7 +201,7 @@ PAYMENT_FIELDS = tuple(field.name for field in dataclasses.fields(models.Payment
 if PAYMENT_FIELDS != (
     "out_trade_no", "order_id", "amount", "description", "openid", "state", "version", "created_at", "updated_at",
     "expires_at", "event_id", "currency", "attach", "prepay_id", "transaction_id", "paid_at", "paid_amount",
-    "next_attempt_at", "attempts", "lease_token"):
+    "next_attempt_at", "attempts", "lease_token", "trade_type", "appid", "payer_client_ip", "h5_type", "pay_url"):
     raise ImportError("payment_row's argument order no longer matches models.Payment's fields")
 
 
@@ -199,12 +210,13 @@ def payment_row(row: sqlite3.Row) -> models.Payment:
     keyword arguments were a measurable share of the notify path)."""
     (out_trade_no, order_id, amount, currency, description, openid, attach, state, version, event_id, prepay_id,
      transaction_id, paid_at, paid_amount, expires_at, next_attempt_at, attempts, lease_token, created_at,
-     updated_at) = row
+     updated_at, trade_type, appid, payer_client_ip, h5_type, pay_url) = row
     return models.Payment(
         out_trade_no, order_id, amount, description, openid, _STATES[state], version, _from_iso(created_at),
         _from_iso(updated_at), _from_iso(expires_at), event_id, currency, attach, prepay_id, transaction_id,
         None if paid_at is None else _from_iso(paid_at), paid_amount,
-        None if next_attempt_at is None else _from_iso(next_attempt_at), attempts, lease_token,
+        None if next_attempt_at is None else _from_iso(next_attempt_at), attempts, lease_token, trade_type, appid,
+        payer_client_ip, h5_type, pay_url,
     )
 
 

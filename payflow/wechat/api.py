@@ -9,18 +9,45 @@ import dataclasses
 import datetime as dt
 from typing import Any, Protocol
 
+# The products a payment is sold through (`trade_type` of `POST /v1/payments`) and WeChat's API for each:
+# a mini program pays by JSAPI with the mini program's appid; H5 is WeChat's MWEB.
+TRADE_TYPES: dict[str, str] = {"jsapi": "jsapi", "miniprogram": "jsapi", "native": "native", "h5": "h5",
+                               "app": "app"}
+# What a query or notification calls each product (`trade_type`): JSAPI covers official accounts and mini programs.
+WECHAT_TRADE_TYPES: dict[str, str] = {"jsapi": "JSAPI", "miniprogram": "JSAPI", "native": "NATIVE", "h5": "MWEB",
+                                      "app": "APP"}
+H5_TYPES = ("iOS", "Android", "Wap")  # scene_info.h5_info.type
+
 
 @dataclasses.dataclass(frozen=True, slots=True)
-class JsapiOrder:
-    """A JSAPI place-order request; resending the identical order is safe (WeChat re-entry)."""
+class Order:
+    """A place-order request of any product; resending the identical order is safe (WeChat re-entry)."""
 
     out_trade_no: str
     description: str
     amount: int  # fen
-    openid: str
     time_expire: dt.datetime
     notify_url: str
+    trade_type: str = "jsapi"  # a key of TRADE_TYPES
+    appid: str | None = None  # None: the client's own
+    openid: str | None = None  # jsapi and miniprogram only
     attach: str | None = None
+    payer_client_ip: str | None = None  # h5 only
+    h5_type: str | None = None  # h5 only
+
+    @property
+    def api(self) -> str:
+        """WeChat's place-order API for this product: the path's last part and the budget's name."""
+        return TRADE_TYPES[self.trade_type]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Placed:
+    """WeChat's answer to a placement: a prepay_id (JSAPI, mini program, App) or a URL (Native, H5)."""
+
+    prepay_id: str | None = None
+    code_url: str | None = None
+    h5_url: str | None = None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -41,18 +68,23 @@ class Transaction:
 class WechatApi(Protocol):
     """Raises `errors.WechatRetryable` when the outcome is unknown or temporary, `errors.WechatFinal` otherwise."""
 
-    async def place_jsapi(self, order: JsapiOrder) -> str:
-        """Place (or re-enter) the order; returns the prepay_id."""
+    async def place(self, order: Order) -> Placed:
+        """Place (or re-enter) the order; returns what the front end needs to pay it."""
         ...
 
-    async def query(self, out_trade_no: str) -> Transaction | None:
-        """The order as WeChat sees it; None when WeChat does not know it (ORDER_NOT_EXIST)."""
+    async def query(self, out_trade_no: str, appid: str | None = None) -> Transaction | None:
+        """The order as WeChat sees it; None when WeChat does not know it (ORDER_NOT_EXIST). The answer must
+        name `appid` (the payment's; None: the client's own)."""
         ...
 
     async def close_order(self, out_trade_no: str) -> None:
         """Close an unpaid order; raises `WechatFinal` with code ORDERPAID when it was paid."""
         ...
 
-    def pay_params(self, prepay_id: str) -> dict[str, str]:
-        """The signed front-end parameters {appId, timeStamp, nonceStr, package, signType, paySign}."""
+    def pay_params(self, prepay_id: str, appid: str | None = None) -> dict[str, str]:
+        """The signed JSAPI / mini program parameters {appId, timeStamp, nonceStr, package, signType, paySign}."""
+        ...
+
+    def app_params(self, prepay_id: str, appid: str | None = None) -> dict[str, str]:
+        """The signed App parameters {appid, partnerid, prepayid, package, noncestr, timestamp, sign}."""
         ...

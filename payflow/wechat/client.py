@@ -23,8 +23,9 @@ from payflow import __version__, errors, logs
 from payflow.metrics import Metrics
 from payflow.ratelimit import Budgets, RateLimiter, Throttled
 from payflow.settings import Settings
-from payflow.wechat import crypto, failover
-from payflow.wechat.api import JsapiOrder, Transaction
+from payflow.wechat import crypto, failover, trust
+from payflow.wechat.api import Order, Placed, Transaction
+from payflow.wechat.certificates import CERTIFICATES_PATH, KeyRing
 
 log = logs.get_logger(__name__)
 T = TypeVar("T")
@@ -53,6 +54,7 @@ class BillInfo:
 class _Answer:
     status: int
     body: bytes
+    headers: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
     def json(self) -> dict[str, Any]:
         try:
@@ -93,7 +95,8 @@ class WechatPayClient:
         self.appid = appid
         self.mch_serial = mch_serial
         self._private_key = private_key
-        self._platform_keys = dict(platform_keys)
+        # A KeyRing is kept as it is (its certificates change while payflow runs); a plain mapping is copied.
+        self._platform_keys = platform_keys if isinstance(platform_keys, KeyRing) else dict(platform_keys)
         self._session = session
         self._owns_session = session is None
         self._timeout = aiohttp.ClientTimeout(total=timeout)
@@ -106,16 +109,14 @@ class WechatPayClient:
         self.metrics = metrics
 
     @classmethod
-    def from_settings(cls, settings: Settings, **kwargs: Any) -> WechatPayClient:
-        assert settings.wechat_pubkey_id and settings.wechat_pubkey_file and settings.wechat_mch_key_file
+    def from_settings(cls, settings: Settings, *, keys: KeyRing | None = None, **kwargs: Any) -> WechatPayClient:
+        """The client the settings describe; `keys` is the ring it shares with the notification verifier
+        (default: a new one for PAYFLOW_WECHAT_KEY_MODE)."""
+        assert settings.wechat_mch_key_file
         try:
             private_key = crypto.load_private_key(_read(settings.wechat_mch_key_file))
         except crypto.CryptoError as exc:
             raise errors.SettingsError(f"PAYFLOW_WECHAT_MCH_KEY_FILE: {exc}") from None
-        try:
-            public_key = crypto.load_public_key(_read(settings.wechat_pubkey_file))
-        except crypto.CryptoError as exc:
-            raise errors.SettingsError(f"PAYFLOW_WECHAT_PUBKEY_FILE: {exc}") from None
         return cls(
             base_url=settings.wechat_base_url,
             backup_url=settings.wechat_backup(),
@@ -123,7 +124,7 @@ class WechatPayClient:
             appid=settings.wechat_appid or "",
             mch_serial=settings.wechat_mch_serial or "",
             private_key=private_key,
-            platform_keys={settings.wechat_pubkey_id: public_key},
+            platform_keys=keys if keys is not None else trust.key_ring(settings),
             **kwargs,
         )
 
@@ -138,32 +139,43 @@ class WechatPayClient:
 
     # --- WechatApi ----------------------------------------------------------------------------
 
-    async def place_jsapi(self, order: JsapiOrder) -> str:
+    async def place(self, order: Order) -> Placed:
+        """Place (or re-enter) the order on its product's API (WECHATPAY_V3 §3; docs/wechatpay-products.md)."""
         body: dict[str, Any] = {
-            "appid": self.appid,
+            "appid": order.appid or self.appid,
             "mchid": self.mchid,
             "description": order.description,
             "out_trade_no": order.out_trade_no,
             "time_expire": order.time_expire.isoformat(timespec="seconds"),
             "notify_url": order.notify_url,
             "amount": {"total": order.amount, "currency": "CNY"},
-            "payer": {"openid": order.openid},
         }
         if order.attach is not None:
             body["attach"] = order.attach
+        if order.api == "jsapi":
+            body["payer"] = {"openid": order.openid}
+        elif order.api == "h5":
+            body["scene_info"] = {"payer_client_ip": order.payer_client_ip, "h5_info": {"type": order.h5_type}}
         # Serialised once: every retry sends the identical bytes, which WeChat's re-entry rule requires.
         raw = _dumps(body)
+        wanted = {"native": "code_url", "h5": "h5_url"}.get(order.api, "prepay_id")
 
-        async def place() -> str:
-            answer = await self._request("POST", "/v3/pay/transactions/jsapi", raw, endpoint="jsapi")
-            prepay_id = answer.json().get("prepay_id")
-            if not isinstance(prepay_id, str) or not prepay_id:
-                raise errors.WechatRetryable("WeChat's place-order answer has no prepay_id", status=answer.status)
-            return prepay_id
+        async def place() -> Placed:
+            answer = await self._request("POST", f"/v3/pay/transactions/{order.api}", raw, endpoint=order.api)
+            value = answer.json().get(wanted)
+            if not isinstance(value, str) or not value:
+                raise errors.WechatRetryable(f"WeChat's place-order answer has no {wanted}", status=answer.status)
+            return Placed(**{wanted: value})
 
-        return await self._retrying("jsapi", place)
+        return await self._retrying(order.api, place)
 
-    async def query(self, out_trade_no: str) -> Transaction | None:
+    async def download_certificates(self) -> tuple[Mapping[str, str], bytes]:
+        """GET /v3/certificates: the headers and raw body, the signature left to the keeper (it may be made with
+        a certificate only this very list brings: `CertificateKeeper.refresh`)."""
+        answer = await self._request("GET", CERTIFICATES_PATH, b"", endpoint="certificates", verify=False)
+        return answer.headers, answer.body
+
+    async def query(self, out_trade_no: str, appid: str | None = None) -> Transaction | None:
         path = f"/v3/pay/transactions/out-trade-no/{out_trade_no}?mchid={self.mchid}"
         try:
             answer = await self._request("GET", path, b"", endpoint="query")
@@ -172,10 +184,10 @@ class WechatPayClient:
                 return None
             raise
         txn = parse_transaction(answer.json())
-        self._check_ours(out_trade_no, txn)
+        self._check_ours(out_trade_no, txn, appid or self.appid)
         return txn
 
-    def _check_ours(self, out_trade_no: str, txn: Transaction) -> None:
+    def _check_ours(self, out_trade_no: str, txn: Transaction, appid: str) -> None:
         """Refuse a query answer about another order, merchant or appid (a misrouted or replayed answer):
         it is no fact about ours, so the caller asks again later, as after any retryable failure."""
         # A NOTPAY without mchid/appid changes nothing here: at most a close or a re-entry goes to WeChat
@@ -183,7 +195,7 @@ class WechatPayClient:
         optional = txn.trade_state in UNSETTLED_TRADE_STATES
         wrong = [name for name, asked, answered in (("out_trade_no", out_trade_no, txn.out_trade_no),
                                                     ("mchid", self.mchid, txn.mchid),
-                                                    ("appid", self.appid, txn.appid))
+                                                    ("appid", appid, txn.appid))
                  if answered != asked and not (optional and answered is None and name != "out_trade_no")]
         if wrong:
             log.error("alert.query_mismatch", out_trade_no=out_trade_no, fields=wrong,
@@ -195,8 +207,12 @@ class WechatPayClient:
         path = f"/v3/pay/transactions/out-trade-no/{out_trade_no}/close"
         await self._request("POST", path, _dumps({"mchid": self.mchid}), endpoint="close")
 
-    def pay_params(self, prepay_id: str) -> dict[str, str]:
-        params = crypto.jsapi_pay_params(self._private_key, self.appid, prepay_id)
+    def pay_params(self, prepay_id: str, appid: str | None = None) -> dict[str, str]:
+        params = crypto.jsapi_pay_params(self._private_key, appid or self.appid, prepay_id)
+        return {name: str(value) for name, value in params.items()}
+
+    def app_params(self, prepay_id: str, appid: str | None = None) -> dict[str, str]:
+        params = crypto.app_pay_params(self._private_key, appid or self.appid, self.mchid, prepay_id)
         return {name: str(value) for name, value in params.items()}
 
     # --- bills --------------------------------------------------------------------------------
@@ -273,11 +289,13 @@ class WechatPayClient:
         self, method: str, path_qs: str, body: bytes, *, endpoint: str, base: str | None = None,
         verify: bool = True,
     ) -> _Answer:
-        headers = {
-            "Accept": "application/json",
-            "User-Agent": USER_AGENT,
-            "Wechatpay-Serial": next(iter(self._platform_keys), ""),
-        }
+        headers = {"Accept": "application/json", "User-Agent": USER_AGENT}
+        # WeChat signs its answer with the key this names (during a migration, either is possible); with no key
+        # trusted yet (certificate mode before the first download) it names none and WeChat picks a certificate.
+        serial = (self._platform_keys.signing_serial() if isinstance(self._platform_keys, KeyRing)
+                  else next(iter(self._platform_keys), ""))
+        if serial:
+            headers["Wechatpay-Serial"] = serial
         if method != "GET":
             headers["Content-Type"] = "application/json"
         # One Authorization per request target, made once: the backup domain gets the very bytes the primary
@@ -328,7 +346,7 @@ class WechatPayClient:
                 self._verify(endpoint, response_headers, raw, status)
             if status == 202:  # USER_PAYING: accepted, not processed; ask again later
                 raise errors.WechatRetryable(f"{endpoint}: 202 USER_PAYING", wechat_code="USER_PAYING", status=202)
-            return _Answer(status, raw)
+            return _Answer(status, raw, response_headers)
         raise self._error(endpoint, status, response_headers, raw, verify=verify)
 
     def _observe(self, endpoint: str, outcome: str, started: float, domain: str, reached: str) -> None:

@@ -434,6 +434,33 @@ def pay_sign(private_key: RSAPrivateKey, appid: str, timestamp: str, nonce: str,
     return sign(private_key, "".join(f"{line}\n" for line in lines).encode("utf-8"))
 
 
+class AppPayParams(TypedDict):
+    appid: str
+    partnerid: str
+    prepayid: str
+    package: str
+    noncestr: str
+    timestamp: str
+    sign: str
+
+
+def app_pay_params(
+    private_key: RSAPrivateKey,
+    appid: str,
+    mchid: str,
+    prepay_id: str,
+    *,
+    timestamp: int | str | None = None,
+    nonce: str | None = None,
+) -> AppPayParams:
+    """Parameters for the App SDK's PayReq: the sign covers `appid\ntimestamp\nnoncestr\nprepayid\n`, the
+    prepay_id bare (not `prepay_id=...` as for JSAPI), and `package` is the fixed `Sign=WXPay` (WECHATPAY_V3 §3.4)."""
+    ts = str(int(time.time()) if timestamp is None else timestamp)
+    nonce = nonce_str() if nonce is None else nonce
+    return AppPayParams(appid=appid, partnerid=mchid, prepayid=prepay_id, package="Sign=WXPay", noncestr=nonce,
+                        timestamp=ts, sign=pay_sign(private_key, appid, ts, nonce, prepay_id))
+
+
 def jsapi_pay_params(
     private_key: RSAPrivateKey,
     appid: str,

@@ -15,8 +15,9 @@ from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 
 from payflow import errors
 from payflow.settings import Settings
-from payflow.wechat import crypto
+from payflow.wechat import crypto, trust
 from payflow.wechat.api import Transaction
+from payflow.wechat.certificates import KeyRing
 from payflow.wechat.client import parse_transaction
 
 TRANSACTION_SUCCESS = "TRANSACTION.SUCCESS"
@@ -64,21 +65,20 @@ class Verifier(Protocol):
 
 class NotificationVerifier:
     @classmethod
-    def from_settings(cls, settings: Settings) -> NotificationVerifier | None:
-        """None when the settings lack the WeChat Pay public key or the APIv3 key."""
-        if not (settings.wechat_pubkey_id and settings.wechat_pubkey_file and settings.wechat_apiv3_key):
+    def from_settings(cls, settings: Settings, *, keys: KeyRing | None = None) -> NotificationVerifier | None:
+        """None when the settings lack the APIv3 key, or the public key that PAYFLOW_WECHAT_KEY_MODE needs;
+        `keys` is the ring shared with the API client (default: a new one for the mode)."""
+        if not settings.wechat_apiv3_key:
             return None
-        try:
-            with open(settings.wechat_pubkey_file, "rb") as handle:
-                key = crypto.load_public_key(handle.read())
-        except (OSError, crypto.CryptoError) as exc:
-            raise errors.SettingsError(f"PAYFLOW_WECHAT_PUBKEY_FILE: {exc}") from None
-        return cls({settings.wechat_pubkey_id: key}, settings.wechat_apiv3_key,
+        if trust.uses_public_key(settings) and not (settings.wechat_pubkey_id and settings.wechat_pubkey_file):
+            return None
+        return cls(keys if keys is not None else trust.key_ring(settings), settings.wechat_apiv3_key,
                    previous_apiv3_key=settings.wechat_apiv3_key_previous)
 
     def __init__(self, platform_keys: Mapping[str, RSAPublicKey], apiv3_key: str,
                  *, previous_apiv3_key: str | None = None, now: Callable[[], float] = time.time) -> None:
-        self._keys = dict(platform_keys)
+        # A KeyRing is kept as it is (its certificates change while payflow runs); a plain mapping is copied.
+        self._keys = platform_keys if isinstance(platform_keys, KeyRing) else dict(platform_keys)
         # After the merchant changes the APIv3 key, WeChat's retries of what it sent before still carry the old
         # key's ciphertext for up to 24h4m (its retry schedule): the previous key opens them meanwhile.
         self._apiv3_keys = (apiv3_key,) if previous_apiv3_key is None else (apiv3_key, previous_apiv3_key)

@@ -40,6 +40,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--strategy", choices=("payflow", "naive"), default="payflow",
                         help="naive: the seed's design by configuration (forward once, no sweeper)")
     parser.add_argument("--compare", action="store_true", help="run payflow and naive on the same seed")
+    parser.add_argument("--key-mode", choices=("pubkey", "certificates", "both"), default=Options.key_mode,
+                        help="how WeChat signs and payflow verifies (default %(default)s: the migration from "
+                             "platform certificates to the public key, with a certificate rotation mid-run)")
+    parser.add_argument("--no-rotation", action="store_true", help="no platform certificate rotation mid-run")
     parser.add_argument("--crashes", type=int, default=2, help="SIGKILLs of payflow during the run (default 2)")
     parser.add_argument("--no-faults", action="store_true", help="turn every injected fault off (crashes stay)")
     parser.add_argument("--keep", type=pathlib.Path, metavar="DIR", help="keep keys, database and logs in DIR")
@@ -81,6 +85,7 @@ def _options(args: argparse.Namespace, strategy: str) -> Options:
         limits = {name: getattr(wechat, name) for name in wechat_faults.LIMITS}
         wechat, backend = wechat_faults.WechatFaults(**limits), BackendFaults()
     return Options(orders=args.orders, seed=args.seed, placement_rate=args.placement_rate, strategy=strategy,
+                   key_mode=args.key_mode, rotate_certificates=not args.no_rotation,
                    crashes=args.crashes, wechat=wechat, backend=backend, progress=True, replicas=args.replicas,
                    database=args.database,
                    db_restart=args.db_restart, db_restart_command=args.db_restart_command)

@@ -31,11 +31,13 @@ from simulator.chaos.process import ROOT, PayflowProcess, base_env
 from simulator.chaos.proxy import create_app as proxy_app
 from simulator.chaos.scenario import Options
 from simulator.wechat.app import create_app as create_wechat_sim
-from simulator.wechat.appkeys import LEDGER
+from simulator.wechat.appkeys import CLOCK, LEDGER, SIGNER
 
 log = logs.get_logger(__name__)
 
 UNSETTLED = (State.CREATED, State.PREPAID, State.NOTIFIED)
+# What a create answers the payer's front end, by product.
+FRONT_ENDS = ("pay_params", "code_url", "h5_url", "app_params")
 # `run.py reconcile` passes at the end, at most: each fails only if WeChat fails the bill API three times.
 RECONCILE_PASSES = 5
 
@@ -71,6 +73,7 @@ class Run:
         self.creation_failed: list[str] = []
         self.timeline: list[dict[str, Any]] = []
         self.crash_times: list[float] = []
+        self.rotation_times: list[float] = []  # when WeChat's platform certificate was rotated
         self.started = 0.0
         self.done_payers = 0
         self.db_restarts = 0
@@ -84,7 +87,7 @@ class Run:
         options = self.options
         keys = devkeys.write_keyset(self.workdir / "keys")
         wechat_app = create_wechat_sim(keys, faults=options.wechat, time_factor=options.time_factor,
-                                       seed=options.seed)
+                                       seed=options.seed, key_mode=options.key_mode)
         backend_app = backend_sim.create_app(keys.backend_secret, faults=options.backend, seed=options.seed)
         runners = []
         async with contextlib.AsyncExitStack() as stack:
@@ -116,7 +119,9 @@ class Run:
             env.update(devkeys.env_lines(keys, payflow_url=self.payflow_url, wechat_url=urls[0],
                                          backend_url=urls[1] + devkeys.BACKEND_SIM_PATH))
             env.update(TUNING, PAYFLOW_PAYMENT_TTL=f"{int(options.ttl)}s", PAYFLOW_DATABASE_URL=database,
-                       PAYFLOW_API_TOKEN="chaos-api", PAYFLOW_ADMIN_TOKEN="chaos-admin")
+                       PAYFLOW_API_TOKEN="chaos-api", PAYFLOW_ADMIN_TOKEN="chaos-admin",
+                       PAYFLOW_WECHAT_KEY_MODE=options.key_mode,
+                       PAYFLOW_WECHAT_CERTIFICATES_FILE=str(self.workdir / "wechat-certificates.json"))
             if options.strategy == "naive":
                 env.update(NAIVE)
             env.update(options.env)
@@ -135,7 +140,7 @@ class Run:
             self.started = time.monotonic()
             sampler = asyncio.create_task(self._sample(), name="chaos-sampler")
             try:
-                await asyncio.gather(self._crasher(), self._db_restarter(),
+                await asyncio.gather(self._crasher(), self._db_restarter(), self._rotator(),
                                      *(self._payer(o) for o in self.plan.orders))
                 await self._settle()
                 if options.strategy != "naive":
@@ -165,8 +170,8 @@ class Run:
             self.acknowledged[order.order_id] = view["out_trade_no"]
             if order.fate == "cancelled":
                 self.backend_app[backend_sim.LEDGER].cancel(order.order_id)
-            if order.pay_after is None or not view.get("pay_params"):
-                return  # a payer without pay parameters cannot pay
+            if order.pay_after is None or not any(view.get(k) for k in FRONT_ENDS):
+                return  # a payer without what the front end needs (pay_params, a code_url, ...) cannot pay
             await self._at(order.create_at + order.pay_after)
             await self._pay(order, view["out_trade_no"])
             for _ in range(order.polls):
@@ -178,8 +183,10 @@ class Run:
             self.done_payers += 1
 
     async def _create(self, order: scenario.Order) -> dict[str, Any] | None:
-        body = {"order_id": order.order_id, "amount": order.amount, "description": f"chaos {order.order_id}",
-                "openid": f"o{order.order_id}"}
+        body: dict[str, Any] = {"order_id": order.order_id, "amount": order.amount,
+                                "description": f"chaos {order.order_id}", "trade_type": order.trade_type}
+        body.update({"jsapi": {"openid": f"o{order.order_id}"},
+                     "h5": {"payer_client_ip": "203.0.113.7", "h5_type": "Wap"}}.get(order.trade_type, {}))
         deadline = self.elapsed() + 30.0
         record: dict[str, Any] = {"tries": 0}
         self.placements[order.order_id] = record
@@ -231,6 +238,15 @@ class Run:
             await victim.kill()
             await asyncio.sleep(0.5 if len(self.replicas) == 1 else 2.0)
             await victim.start()
+
+    async def _rotator(self) -> None:
+        """WeChat rotates its platform certificate halfway through the arrivals: the successor signs at once
+        (no overlap), so payflow learns it from the first message that names it."""
+        if not self.options.rotate_certificates or self.options.key_mode == "pubkey":
+            return
+        await self._at(max(o.create_at for o in self.plan.orders) / 2)
+        self.wechat_app[SIGNER].certificates.rotate(self.wechat_app[CLOCK].now(), overlap=dt.timedelta(0))
+        self.rotation_times.append(round(self.elapsed(), 2))
 
     async def _db_restarter(self) -> None:
         if not self.options.db_restart:

@@ -50,6 +50,7 @@ class FinishedRun(Protocol):
     placements: dict[str, dict[str, Any]]
     timeline: list[dict[str, Any]]
     crash_times: list[float]
+    rotation_times: list[float]
     reconcile_runs: list[dict[str, Any]]
     db_restarts: int
 
@@ -108,6 +109,8 @@ async def build(run: FinishedRun, exit_code: int | None) -> Outcome:
         "paid_at_backend": sum(1 for b in backend.values() if b["status"] == "paid"),
         "paid_at_wechat_not_at_backend": len(invariants[0].failures),
         "crashes": run.kills, "crash_times": run.crash_times, "payflow_exit_on_sigterm": exit_code,
+        "trade_types": dict(collections.Counter(o.trade_type for o in run.plan.orders)),
+        "key_mode": run.options.key_mode, "certificate_rotations": run.rotation_times,
         "replicas": len(run.replicas), "database": "postgresql" if run.options.database else "sqlite",
         "db_restarts": run.db_restarts,
         "duplicate_deliveries": sum(b["duplicates"] or 0 for b in backend.values()),
@@ -189,6 +192,9 @@ def render(outcome: Outcome) -> str:
         f"{s['crashes']}×" + (f" · PostgreSQL restarted {s['db_restarts']}×" if s["db_restarts"] else ""),
         "",
         f"  scenario            {_kv(s['scenario'])}",
+        f"  products            {_kv(s['trade_types'])} · WeChat keys {s['key_mode']}"
+        + (f", platform certificate rotated at {', '.join(f'{t} s' for t in s['certificate_rotations'])}"
+           if s["certificate_rotations"] else ""),
         f"  payflow states      {_kv(s['payflow_states'])}",
         f"  paid at WeChat      {s['paid_at_wechat']}   paid at the backend {s['paid_at_backend']}   "
         f"paid at WeChat but not at the backend: {s['paid_at_wechat_not_at_backend']}",

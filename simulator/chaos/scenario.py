@@ -15,6 +15,9 @@ FATES = ("pays", "never", "late", "wrong_amount", "cancelled")
 # How a default population behaves: most pay, some never do, a few pay at the last moment, pay the
 # wrong amount, or have their order cancelled at the business before paying.
 FATE_WEIGHTS = (0.70, 0.12, 0.08, 0.05, 0.05)
+# Which product each payer pays through (a stream of its own, so the fates of a seed stay as they were).
+TRADE_TYPES = ("jsapi", "native", "h5", "app")
+TRADE_WEIGHTS = (0.50, 0.20, 0.15, 0.15)
 
 
 @dataclasses.dataclass
@@ -26,6 +29,10 @@ class Options:
     # Payers arriving per second at most: creations spread over `orders / placement_rate` seconds (15 s at
     # least), kept below payflow's place-order budget (PAYFLOW_WECHAT_BUDGETS jsapi, 100/s by default).
     placement_rate: float = 80.0
+    # How WeChat signs (the simulator) and payflow verifies: `both` is the migration from platform certificates
+    # to the public key; a certificate rotation happens halfway through the payers' arrivals.
+    key_mode: str = "both"
+    rotate_certificates: bool = True
     strategy: str = "payflow"  # or "naive"
     crashes: int = 2
     ttl: float = 60.0
@@ -50,6 +57,7 @@ class Order:
     pay_after: float | None  # seconds after creation; None: never pays
     pay_amount: int | None  # what the payer pays (differs from `amount` for wrong_amount)
     polls: int  # how many status polls the payer's page makes after paying
+    trade_type: str = "jsapi"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,6 +76,7 @@ class Scenario:
 def build(seed: int, orders: int, *, ttl: float = 60.0, spread: float = 15.0, crashes: int = 2,
           placement_rate: float | None = None) -> Scenario:
     rng = random.Random(f"chaos:{seed}")
+    products = random.Random(f"chaos-products:{seed}")
     if placement_rate is not None:
         spread = max(spread, orders / placement_rate)
     plan = []
@@ -87,7 +96,8 @@ def build(seed: int, orders: int, *, ttl: float = 60.0, spread: float = 15.0, cr
         else:
             pay_after = rng.uniform(0.5, 12.0)
         plan.append(Order(f"chaos-{seed}-{i:05d}", amount, fate, round(create_at, 3),
-                          None if pay_after is None else round(pay_after, 3), pay_amount, rng.randint(1, 3)))
+                          None if pay_after is None else round(pay_after, 3), pay_amount, rng.randint(1, 3),
+                          products.choices(TRADE_TYPES, TRADE_WEIGHTS)[0]))
     # Crashes while traffic flows: during creation, payments and notifications.
     window = max(spread + 10.0, 6.0)
     kills = tuple(sorted(round(rng.uniform(2.0, window), 3) for _ in range(crashes)))

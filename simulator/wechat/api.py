@@ -1,9 +1,11 @@
-"""The simulated WeChat Pay APIv3 endpoints, and the middleware that checks headers, authenticates,
-injects the fault plan's API errors and signs every answer."""
+"""The simulated WeChat Pay APIv3 endpoints (place order for JSAPI, Native, H5 and App; query, close, bills,
+platform certificates), and the middleware that checks headers, authenticates, injects the fault plan's API
+errors and picks the key every answer is signed with."""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
@@ -11,10 +13,22 @@ from aiohttp import web
 from payflow import logs
 from payflow.clock import SHANGHAI
 from payflow.wechat import crypto
-from simulator.wechat import bills, faults, protocol, validation
-from simulator.wechat.appkeys import BILLS, CLOCK, FAULTS, KEYS, LEDGER, MERCHANT_CERTIFICATES, REFUNDS
+from simulator.wechat import bills, faults, products, protocol, validation
+from simulator.wechat.appkeys import (
+    APPIDS,
+    BILLS,
+    CLOCK,
+    FAULTS,
+    KEYS,
+    LEDGER,
+    MERCHANT_CERTIFICATES,
+    REFUNDS,
+    SIGNER,
+    SIGNING_KEY,
+)
 from simulator.wechat.ledger import LedgerError, Order
 from simulator.wechat.protocol import ApiError
+from simulator.wechat.signing import KeyMode
 
 log = logs.get_logger(__name__)
 
@@ -32,9 +46,12 @@ _LEDGER_ERRORS = {
 async def api_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
     if not request.path.startswith("/v3/"):
         return await handler(request)
-    keys, clock = request.app[KEYS], request.app[CLOCK]
+    keys, clock, signer = request.app[KEYS], request.app[CLOCK], request.app[SIGNER]
+    # Chosen before anything can fail, so error answers are signed with the same key (§2.3: by the serial the
+    # request names, in the migration period).
+    key = request[SIGNING_KEY] = signer.for_response(request.headers.get("Wechatpay-Serial"), clock.now())
     try:
-        protocol.check_headers(request, keys)
+        protocol.check_headers(request, keys, known_serial=lambda serial: signer.knows(serial, clock.now()))
         protocol.authenticate(request, await request.read(), keys, clock.now(),
                               certificates=request.app[MERCHANT_CERTIFICATES])
         dice = request.app[FAULTS]
@@ -61,29 +78,38 @@ async def api_middleware(request: web.Request, handler: Any) -> web.StreamRespon
         code = {404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED"}.get(exc.status, "INVALID_REQUEST")
         error = ApiError(exc.status, code, exc.reason)
     log.info("api.rejected", method=request.method, path=request.path, status=error.status, code=error.code)
-    return protocol.signed_answer(keys, clock.now(), error.status, error.payload(), code=error.code)
+    return protocol.signed_answer(key, clock.now(), error.status, error.payload(), code=error.code)
 
 
-async def place_jsapi(request: web.Request) -> web.Response:
-    keys, now = request.app[KEYS], request.app[CLOCK].now()
-    order_request = validation.jsapi(await request.read(), keys)
-    order = request.app[LEDGER].place(order_request, now)
-    log.info("order.placed", out_trade_no=order.out_trade_no, prepay_id=order.prepay_id)
-    return protocol.signed_answer(keys, now, 200, {"prepay_id": order.prepay_id})
+def _place(product: products.Product) -> Callable[[web.Request], Awaitable[web.Response]]:
+    async def place(request: web.Request) -> web.Response:
+        keys, now = request.app[KEYS], request.app[CLOCK].now()
+        order_request = validation.place_order(await request.read(), keys, product, request.app[APPIDS])
+        order = request.app[LEDGER].place(order_request, now)
+        assert order.prepay_id is not None
+        log.info("order.placed", out_trade_no=order.out_trade_no, trade_type=order.trade_type,
+                 prepay_id=order.prepay_id)
+        return protocol.signed_answer(request[SIGNING_KEY], now, 200, product.answer(order.prepay_id))
+
+    place.__name__ = f"place_{product.name}"
+    return place
+
+
+place_jsapi = _place(products.JSAPI)
 
 
 async def query_by_out_trade_no(request: web.Request) -> web.Response:
     keys, now = request.app[KEYS], request.app[CLOCK].now()
     validation.query_mchid(request.query, keys)
     order = request.app[LEDGER].get(request.match_info["out_trade_no"], now)
-    return protocol.signed_answer(keys, now, 200, _query_view(order))
+    return protocol.signed_answer(request[SIGNING_KEY], now, 200, _query_view(order))
 
 
 async def query_by_transaction_id(request: web.Request) -> web.Response:
     keys, now = request.app[KEYS], request.app[CLOCK].now()
     validation.query_mchid(request.query, keys)
     order = request.app[LEDGER].by_transaction_id(request.match_info["transaction_id"], now)
-    return protocol.signed_answer(keys, now, 200, _query_view(order))
+    return protocol.signed_answer(request[SIGNING_KEY], now, 200, _query_view(order))
 
 
 async def close(request: web.Request) -> web.Response:
@@ -91,11 +117,22 @@ async def close(request: web.Request) -> web.Response:
     validation.body_mchid(await request.read(), keys)
     order = request.app[LEDGER].close(request.match_info["out_trade_no"], now)
     log.info("order.closed", out_trade_no=order.out_trade_no, trade_state=str(order.state))
-    return protocol.signed_answer(keys, now, 204, None)
+    return protocol.signed_answer(request[SIGNING_KEY], now, 204, None)
+
+
+async def certificates(request: web.Request) -> web.Response:
+    """`GET /v3/certificates` (§10.6): the platform certificates, sealed with the APIv3 key."""
+    keys, now, signer = request.app[KEYS], request.app[CLOCK].now(), request.app[SIGNER]
+    validation.certificate_query(request.query)
+    if signer.mode is KeyMode.PUBKEY and not signer.certificates.listed(now):
+        # A merchant that only ever had the public key (WECHATPAY_V3 §2.3, WXP3-QA).
+        raise ApiError(500, "SYSTEM_ERROR", "系统繁忙，请稍后重试")
+    payload = signer.certificates.download(keys.apiv3_key, now)
+    return protocol.signed_answer(request[SIGNING_KEY], now, 200, payload)
 
 
 async def trade_bill(request: web.Request) -> web.Response:
-    keys, now = request.app[KEYS], request.app[CLOCK].now()
+    now = request.app[CLOCK].now()
     day, bill_type, compress = validation.bill_request(request.query, now.astimezone(SHANGHAI).date())
     request.app[REFUNDS].advance(now)  # refund lines show the status each refund has reached by now
     plain = bills.render(request.app[LEDGER].orders(now), day, bill_type)
@@ -104,7 +141,7 @@ async def trade_bill(request: web.Request) -> web.Response:
     url = f"{request.scheme}://{request.host}/v3/billdownload/file?token={token}"
     # hash_value covers the uncompressed bill even when the download is gzipped (§8.1).
     payload = {"hash_type": "SHA1", "hash_value": crypto.sha1_hex(plain), "download_url": url}
-    return protocol.signed_answer(keys, now, 200, payload)
+    return protocol.signed_answer(request[SIGNING_KEY], now, 200, payload)
 
 
 async def download_bill(request: web.Request) -> web.Response:
@@ -128,9 +165,13 @@ def _sorted(value: Any) -> Any:
 
 
 def setup(app: web.Application) -> None:
-    app.router.add_post("/v3/pay/transactions/jsapi", place_jsapi)
+    app.router.add_post(products.JSAPI.path, place_jsapi)
+    for product in products.PRODUCTS:
+        if product is not products.JSAPI:
+            app.router.add_post(product.path, _place(product))
     app.router.add_get("/v3/pay/transactions/out-trade-no/{out_trade_no}", query_by_out_trade_no)
     app.router.add_get("/v3/pay/transactions/id/{transaction_id}", query_by_transaction_id)
     app.router.add_post("/v3/pay/transactions/out-trade-no/{out_trade_no}/close", close)
     app.router.add_get("/v3/bill/tradebill", trade_bill)
     app.router.add_get("/v3/billdownload/file", download_bill)
+    app.router.add_get("/v3/certificates", certificates)

@@ -90,8 +90,8 @@ def _payment_row(order: Order) -> _Row:
     fee = fee_fen(paid)
     fields = (
         _time(order.success_time), order.appid, order.mchid, "0", "", order.transaction_id or "",
-        order.out_trade_no, order.openid, "JSAPI", "SUCCESS", "OTHERS", "CNY", _yuan(paid), "0.00", "0", "0",
-        "0.00", "0.00", "", "", order.description, order.attach, _fee(fee), _rate(), _yuan(paid), "0.00", "",
+        order.out_trade_no, order.openid, order.trade_type, "SUCCESS", "OTHERS", "CNY", _yuan(paid), "0.00", "0",
+        "0", "0.00", "0.00", "", "", order.description, order.attach, _fee(fee), _rate(), _yuan(paid), "0.00", "",
     )
     return _Row(order.success_time, fields, settled=paid, refunded=0, fee=fee, ordered=paid)
 
@@ -101,7 +101,7 @@ def _refund_row(order: Order, refund: Refund) -> _Row:
     fee = -fee_fen(refund.amount)
     fields = (
         _time(refund.created), order.appid, order.mchid, "0", "", order.transaction_id or "",
-        order.out_trade_no, order.openid, "JSAPI", "REFUND", "OTHERS", "CNY", "0.00", "0.00",
+        order.out_trade_no, order.openid, order.trade_type, "REFUND", "OTHERS", "CNY", "0.00", "0.00",
         refund.refund_id, refund.out_refund_no, _yuan(refund.amount), "0.00", "ORIGINAL", str(refund.status),
         order.description, order.attach, _fee(fee), _rate(), "0.00", _yuan(refund.amount), "",
     )

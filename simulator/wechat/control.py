@@ -15,6 +15,7 @@ from typing import Any
 from aiohttp import web
 
 from payflow import logs
+from simulator.wechat import products
 from simulator.wechat.appkeys import CLOCK, FAULTS, LEDGER, NOTIFIER, REFUNDS
 from simulator.wechat.faults import WechatFaults
 from simulator.wechat.ledger import LedgerError, Order, Refund, rfc3339
@@ -44,7 +45,8 @@ async def control_middleware(request: web.Request, handler: Any) -> web.StreamRe
 async def pay(request: web.Request) -> web.Response:
     body = await _body(request)
     now = request.app[CLOCK].now()
-    order = request.app[LEDGER].pay(request.match_info["out_trade_no"], now, _optional_amount(body))
+    order = request.app[LEDGER].pay(request.match_info["out_trade_no"], now, _optional_amount(body),
+                                    openid=_optional_string(body, "openid"))
     if order.notify_url is not None:
         request.app[NOTIFIER].enqueue(order, now)
     log.info("order.paid", out_trade_no=order.out_trade_no, amount=order.paid_amount)
@@ -108,6 +110,8 @@ async def record(request: web.Request) -> web.Response:
         description=_optional_string(body, "description") or "recorded order",
         attach=_optional_string(body, "attach") or "",
         success_time=_time(body, "success_time"),
+        appid=_optional_string(body, "appid"),
+        trade_type=_trade_type(body),
     )
     log.info("order.recorded", out_trade_no=order.out_trade_no, amount=order.paid_amount)
     return web.json_response(_view(request, order), status=201)
@@ -222,6 +226,14 @@ def _required_string(body: dict[str, Any], name: str) -> str:
     if not isinstance(value, str) or not value:
         raise ControlError(400, "INVALID_INPUT", f"{name}: expected a non-empty string, got {value!r}")
     return value
+
+
+def _trade_type(body: dict[str, Any]) -> str:
+    trade_type = _optional_string(body, "trade_type") or "JSAPI"
+    if trade_type not in products.BY_TRADE_TYPE:
+        raise ControlError(400, "INVALID_INPUT", f"trade_type: expected one of {', '.join(products.BY_TRADE_TYPE)}, "
+                                                 f"got {trade_type!r}")
+    return trade_type
 
 
 def _time(body: dict[str, Any], name: str) -> dt.datetime | None:

@@ -1,4 +1,4 @@
-"""The simulated WeChat Pay order book: JSAPI orders, their trade states, payments and refunds.
+"""The simulated WeChat Pay order book: orders (JSAPI, Native, H5, App), their trade states, payments and refunds.
 
 Pure: no I/O, no clock of its own — every operation is given `now`.
 """
@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from payflow.clock import SHANGHAI
+from simulator.wechat import products
 
 PREPAY_TTL = dt.timedelta(hours=2)
 DEFAULT_EXPIRY = dt.timedelta(days=7)
@@ -65,7 +66,8 @@ class LedgerError(Exception):
 
 @dataclasses.dataclass(frozen=True)
 class JsapiRequest:
-    """A validated place-order body; `params` is the whole JSON object, compared on re-entry."""
+    """A validated place-order body of any product (the name is JSAPI's, the first one); `params` is the whole
+    JSON object, compared on re-entry with `trade_type`. `openid` is the payer's, given for JSAPI only."""
 
     appid: str
     mchid: str
@@ -73,10 +75,11 @@ class JsapiRequest:
     out_trade_no: str
     notify_url: str
     total: int
-    openid: str
+    openid: str | None
     params: Mapping[str, Any]
     time_expire: dt.datetime | None = None
     attach: str | None = None
+    trade_type: str = "JSAPI"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -127,7 +130,7 @@ class Order:
     mchid: str
     description: str
     total: int
-    openid: str
+    openid: str  # the payer's; "" until an order placed without one (Native, H5, App) is paid
     notify_url: str | None
     attach: str
     created: dt.datetime
@@ -142,6 +145,7 @@ class Order:
     closed_at: dt.datetime | None = None
     expired: bool = False
     refunds: list[Refund] = dataclasses.field(default_factory=list)
+    trade_type: str = "JSAPI"  # JSAPI (official accounts and mini programs), NATIVE, MWEB (H5) or APP
 
     @property
     def refunded_amount(self) -> int:
@@ -164,7 +168,7 @@ class Order:
         return {
             **base,
             "transaction_id": self.transaction_id,
-            "trade_type": "JSAPI",
+            "trade_type": self.trade_type,
             "trade_state": str(self.state),
             "trade_state_desc": TRADE_STATE_DESC[self.state],
             "bank_type": "OTHERS",
@@ -231,18 +235,20 @@ class Ledger:
                 mchid=request.mchid,
                 description=request.description,
                 total=request.total,
-                openid=request.openid,
+                openid=request.openid or "",
                 notify_url=request.notify_url,
                 attach=request.attach or "",
                 created=now,
                 time_expire=_clamp_expiry(request.time_expire, now),
                 params=dict(request.params),
+                trade_type=request.trade_type,
             )
             self._orders[order.out_trade_no] = order
         else:
             self._expire(order, now)
             self._refuse_finished(order)
-            if order.params != request.params:
+            # The same body sent to another product's endpoint is not the same order either.
+            if order.params != request.params or order.trade_type != request.trade_type:
                 raise LedgerError("PARAMS_MISMATCH", "请求重入时，参数与首次请求时不一致")
         if order.prepay_issued is None or now - order.prepay_issued >= PREPAY_TTL:
             order.prepay_id = self._prepay_id(order.out_trade_no, now)
@@ -268,13 +274,17 @@ class Ledger:
         order.state = TradeState.USERPAYING
         return order
 
-    def pay(self, out_trade_no: str, now: dt.datetime, amount: int | None = None) -> Order:
-        """The payer pays (by default the order's total; another amount simulates a tampered payment)."""
+    def pay(self, out_trade_no: str, now: dt.datetime, amount: int | None = None, *,
+            openid: str | None = None) -> Order:
+        """The payer pays (by default the order's total; another amount simulates a tampered payment). An order
+        placed without a payer (Native, H5, App) learns its payer's openid now: `openid`, else a stable one."""
         order = self.get(out_trade_no, now)
         self._refuse_finished(order)
         paid = order.total if amount is None else amount
         if paid < 1:
             raise LedgerError("INVALID_AMOUNT", "amount must be at least 1 fen")
+        if not order.openid:
+            order.openid = openid or products.payer_openid(order.appid, order.out_trade_no)
         self._mark_paid(order, now, paid)
         return order
 
@@ -330,6 +340,8 @@ class Ledger:
         description: str,
         attach: str = "",
         success_time: dt.datetime | None = None,
+        appid: str | None = None,
+        trade_type: str = "JSAPI",
     ) -> Order:
         """A paid order the merchant never placed (e.g. placed by another system); no notification."""
         if out_trade_no in self._orders:
@@ -338,9 +350,9 @@ class Ledger:
             raise LedgerError("INVALID_AMOUNT", "amount must be at least 1 fen")
         paid_at = success_time or now
         order = Order(
-            out_trade_no=out_trade_no, appid=self.appid, mchid=self.mchid, description=description,
+            out_trade_no=out_trade_no, appid=appid or self.appid, mchid=self.mchid, description=description,
             total=amount, openid=openid, notify_url=None, attach=attach, created=paid_at,
-            time_expire=paid_at, params=None,
+            time_expire=paid_at, params=None, trade_type=trade_type,
         )
         self._orders[out_trade_no] = order
         self._mark_paid(order, paid_at, amount)

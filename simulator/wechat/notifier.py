@@ -27,6 +27,7 @@ from payflow.devkeys import KeySet
 from payflow.wechat import crypto
 from simulator.wechat.faults import FaultDice, QueueFaults, SendFaults
 from simulator.wechat.ledger import Order, Refund, RefundStatus, rfc3339
+from simulator.wechat.signing import Signer, SigningKey
 
 log = logs.get_logger(__name__)
 
@@ -102,10 +103,13 @@ class Notifier:
         time_factor: float = 1.0,
         ack_timeout: float = ACK_TIMEOUT,
         schedule: Sequence[float] = RETRY_SCHEDULE,
+        signer: Signer | None = None,
     ) -> None:
+        """`signer` picks each attempt's key by the merchant's key mode (default: always the public key)."""
         if time_factor <= 0:
             raise ValueError("time_factor must be positive")
         self._keys = keys
+        self._signer = signer
         self._session = session
         self._dice = dice
         self._time_factor = time_factor
@@ -255,6 +259,7 @@ class Notifier:
     def _start(self, n: Notification, now: dt.datetime) -> asyncio.Task[None] | None:
         first = n.attempts == 0
         faults = self._dice.send(first=first)
+        key = self._signing_key(now)  # rolled here too, in the same fixed order, by the signer's own stream
         n.held = False
         n.attempts += 1
         index = n.attempts - 1
@@ -268,22 +273,23 @@ class Notifier:
             return None
         n.in_flight = True
         n.due = None
-        task = asyncio.create_task(self._send(n, faults, now, retry_at, first),
+        task = asyncio.create_task(self._send(n, faults, key, now, retry_at, first),
                                    name=f"notify:{n.out_trade_no}:{n.attempts}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return task
 
     async def _send(
-        self, n: Notification, faults: SendFaults, now: dt.datetime, retry_at: dt.datetime | None, first: bool
+        self, n: Notification, faults: SendFaults, key: SigningKey, now: dt.datetime, retry_at: dt.datetime | None,
+        first: bool,
     ) -> None:
         acked = False
         try:
             if faults.probe:
                 n.stats.probes += 1
-                if await self._post(n, self._headers(n, now, probe=True)):
+                if await self._post(n, self._headers(n, key, now, probe=True)):
                     n.stats.probes_acked += 1
-            headers = self._headers(n, now, corrupt=faults.corrupt)
+            headers = self._headers(n, key, now, corrupt=faults.corrupt)
             copies = 2 if faults.duplicate else 1
             n.stats.sent += copies
             n.stats.duplicates += copies - 1
@@ -353,11 +359,15 @@ class Notifier:
         }
         return json.dumps(envelope, ensure_ascii=False, separators=(",", ":")).encode()
 
-    def _headers(self, n: Notification, now: dt.datetime, *, probe: bool = False,
+    def _signing_key(self, now: dt.datetime) -> SigningKey:
+        if self._signer is None:
+            return SigningKey(self._keys.pub_key_id, self._keys.platform_private_key)
+        return self._signer.for_notification(now)
+
+    def _headers(self, n: Notification, key: SigningKey, now: dt.datetime, *, probe: bool = False,
                  corrupt: bool = False) -> dict[str, str]:
         # Re-signed per attempt: a retry hours later must still pass the receiver's 5-minute window.
-        headers = crypto.sign_response_headers(self._keys.platform_private_key, self._keys.pub_key_id, n.body,
-                                               timestamp=int(now.timestamp()))
+        headers = crypto.sign_response_headers(key.private_key, key.serial, n.body, timestamp=int(now.timestamp()))
         if probe:
             # 19 + 342 characters: deliberately not valid Base64, like the real probes (§2.5).
             filler = base64.b64encode(secrets.token_bytes(256)).decode().rstrip("=")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import secrets
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from aiohttp import web
@@ -14,6 +14,7 @@ from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 
 from payflow.devkeys import KeySet
 from payflow.wechat import crypto
+from simulator.wechat.signing import SigningKey
 
 JSON_CONTENT_TYPE = "application/json; charset=utf-8"
 REQUEST_SKEW = 300
@@ -69,14 +70,15 @@ def request_id(code: str | None = None) -> str:
     return f"{secrets.token_hex(22).upper()}-{suffix}"
 
 
-def check_headers(request: web.Request, keys: KeySet) -> None:
-    """The HTTP-level rules of §1.4; WeChat checks these before the signature."""
+def check_headers(request: web.Request, keys: KeySet, *, known_serial: Callable[[str], bool] | None = None) -> None:
+    """The HTTP-level rules of §1.4; WeChat checks these before the signature. `known_serial` says whether a
+    `Wechatpay-Serial` names one of WeChat's keys (default: the public key only)."""
     if not request.headers.get("Accept") or not request.headers.get("User-Agent"):
         raise ApiError(400, "INVALID_REQUEST", "Http头缺少Accept或User-Agent")
     if request.method in ("POST", "PUT", "PATCH") and not request.content_type.startswith("application/json"):
         raise ApiError(400, "INVALID_REQUEST", "Http头Content-Type值必须为application/json")
     serial = request.headers.get("Wechatpay-Serial")
-    if serial is not None and serial != keys.pub_key_id:
+    if serial is not None and not (serial == keys.pub_key_id if known_serial is None else known_serial(serial)):
         raise ApiError(400, "INVALID_REQUEST", f"Wechatpay-Serial {serial!r} is not this merchant's key")
 
 
@@ -116,12 +118,12 @@ def _sign_error(issue: str) -> ApiError:
 
 
 def signed_answer(
-    keys: KeySet, now: dt.datetime, status: int, payload: Mapping[str, Any] | None, *, code: str | None = None
+    key: SigningKey, now: dt.datetime, status: int, payload: Mapping[str, Any] | None, *, code: str | None = None
 ) -> web.Response:
-    """A JSON (or, for 204, empty) answer with the Wechatpay-* signature headers of §2.1."""
+    """A JSON (or, for 204, empty) answer with the Wechatpay-* signature headers of §2.1, signed with `key`
+    (the public key's or a platform certificate's: signing.py)."""
     body = b"" if payload is None else json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()
-    headers = crypto.sign_response_headers(keys.platform_private_key, keys.pub_key_id, body,
-                                           timestamp=int(now.timestamp()))
+    headers = crypto.sign_response_headers(key.private_key, key.serial, body, timestamp=int(now.timestamp()))
     headers["Request-ID"] = request_id(code)
     headers["Content-Type"] = JSON_CONTENT_TYPE
     return web.Response(status=status, body=body, headers=headers)

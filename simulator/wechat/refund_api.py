@@ -11,7 +11,7 @@ from aiohttp import web
 
 from payflow import logs
 from simulator.wechat import protocol, refunds, validation
-from simulator.wechat.appkeys import CLOCK, KEYS, REFUNDS
+from simulator.wechat.appkeys import CLOCK, REFUNDS, SIGNING_KEY
 from simulator.wechat.ledger import LedgerError
 from simulator.wechat.protocol import ApiError
 
@@ -43,20 +43,20 @@ def _wechat_errors() -> Iterator[None]:
 
 
 async def apply(request: web.Request) -> web.Response:
-    keys, now = request.app[KEYS], request.app[CLOCK].now()
+    now = request.app[CLOCK].now()
     refund_request = validation.refund(await request.read())
     with _wechat_errors():
         order, refund = request.app[REFUNDS].apply(refund_request, now)
     log.info("refund.answered", out_trade_no=order.out_trade_no, out_refund_no=refund.out_refund_no,
              refund_status=str(refund.status))
-    return protocol.signed_answer(keys, now, 200, refunds.view(order, refund))
+    return protocol.signed_answer(request[SIGNING_KEY], now, 200, refunds.view(order, refund))
 
 
 async def query(request: web.Request) -> web.Response:
-    keys, now = request.app[KEYS], request.app[CLOCK].now()
+    now = request.app[CLOCK].now()
     with _wechat_errors():
         order, refund = request.app[REFUNDS].find(request.match_info["out_refund_no"], now)
-    return protocol.signed_answer(keys, now, 200, refunds.view(order, refund))
+    return protocol.signed_answer(request[SIGNING_KEY], now, 200, refunds.view(order, refund))
 
 
 def setup(app: web.Application) -> None:

@@ -1,5 +1,5 @@
 """Field rules of the simulated API's request bodies and query strings (WECHATPAY_V3.md §3.1, §4, §5, §8;
-refunds: docs/wechatpay-refunds.md)."""
+Native, H5 and App: docs/wechatpay-products.md; refunds: docs/wechatpay-refunds.md)."""
 
 from __future__ import annotations
 
@@ -7,11 +7,12 @@ import datetime as dt
 import ipaddress
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Container, Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
 from payflow.devkeys import KeySet
+from simulator.wechat import products
 from simulator.wechat.ledger import JsapiRequest, RefundRequest
 from simulator.wechat.protocol import ApiError, param_error
 
@@ -35,13 +36,20 @@ def json_object(body: bytes) -> dict[str, Any]:
 
 
 def jsapi(body: bytes, keys: KeySet) -> JsapiRequest:
-    """Validate a place-order body; the first broken rule becomes the error, naming its field."""
+    """A JSAPI place-order body for the key set's own appid (`place_order`)."""
+    return place_order(body, keys, products.JSAPI, (keys.appid,))
+
+
+def place_order(body: bytes, keys: KeySet, product: products.Product, appids: Container[str]) -> JsapiRequest:
+    """Validate a place-order body of `product` from an appid in `appids` (those bound to the mchid); the first
+    broken rule becomes the error, naming its field (docs/wechatpay-products.md P.3)."""
     data = json_object(body)
     appid = _string(data, "appid", 32)
     mchid = _string(data, "mchid", 32)
     _same_mchid(mchid, keys, "/mchid", "body")
-    if appid != keys.appid:
-        raise ApiError(400, "APPID_MCHID_NOT_MATCH", "AppID和mch_id不匹配", field="/appid", value=appid)
+    if appid not in appids:
+        raise ApiError(400, "APPID_MCHID_NOT_MATCH", "appid和mch_id不匹配，请检查后再试", field="/appid",
+                       value=appid)
     description = _string(data, "description", 127)
     out_trade_no = _string(data, "out_trade_no", 32)
     if not _OUT_TRADE_NO.fullmatch(out_trade_no):
@@ -52,21 +60,53 @@ def jsapi(body: bytes, keys: KeySet) -> JsapiRequest:
     _string(data, "goods_tag", 32, required=False)
     if "support_fapiao" in data and not isinstance(data["support_fapiao"], bool):
         raise param_error("/support_fapiao", "support_fapiao必须为布尔值", data["support_fapiao"])
-    for name in ("detail", "scene_info", "settle_info"):
+    for name in ("detail", "settle_info"):
         if name in data and not isinstance(data[name], dict):
             raise param_error(f"/{name}", f"{name}必须为对象", data[name])
+    _scene_info(data, product)
     amount = _object(data, "amount")
     total = amount.get("total")
     if isinstance(total, bool) or not isinstance(total, int) or total < 1:
         raise param_error("/amount/total", "amount.total必须为不小于1的整数（单位：分）", total)
     if "currency" in amount and amount["currency"] != "CNY":
         raise param_error("/amount/currency", "amount.currency只能为CNY", amount["currency"])
-    openid = _string(_object(data, "payer"), "openid", 128, prefix="/payer")
+    openid = None
+    if product.openid_required:
+        openid = _string(_object(data, "payer"), "openid", 128, prefix="/payer")
     return JsapiRequest(
         appid=appid, mchid=mchid, description=description, out_trade_no=out_trade_no,
         notify_url=notify_url, total=total, openid=openid, params=data, time_expire=time_expire,
-        attach=attach,
+        attach=attach, trade_type=product.trade_type,
     )
+
+
+def _scene_info(data: Mapping[str, Any], product: products.Product) -> None:
+    # Optional except for H5; when given, payer_client_ip is required in it (P.3).
+    if "scene_info" not in data:
+        if product.h5_scene_required:
+            raise param_error("/scene_info", "H5支付必须传scene_info（payer_client_ip和h5_info）")
+        return
+    scene = data["scene_info"]
+    if not isinstance(scene, dict):
+        raise param_error("/scene_info", "scene_info必须为对象", scene)
+    ip = _string(scene, "payer_client_ip", 45, prefix="/scene_info")
+    try:
+        ipaddress.ip_address(ip)
+    except ValueError:
+        raise param_error("/scene_info/payer_client_ip", "payer_client_ip必须为IPv4或IPv6地址", ip) from None
+    _string(scene, "device_id", 32, required=False, prefix="/scene_info")
+    if "store_info" in scene and not isinstance(scene["store_info"], dict):
+        raise param_error("/scene_info/store_info", "store_info必须为对象", scene["store_info"])
+    if not product.h5_scene_required:
+        return
+    h5_info = scene.get("h5_info")
+    if not isinstance(h5_info, dict):
+        raise param_error("/scene_info/h5_info", "H5支付必须传h5_info对象", h5_info)
+    h5_type = _string(h5_info, "type", 32, prefix="/scene_info/h5_info")
+    if h5_type not in products.H5_TYPES:
+        raise param_error("/scene_info/h5_info/type", f"type只能为{'、'.join(products.H5_TYPES)}", h5_type)
+    for name, limit in (("app_name", 64), ("app_url", 128), ("bundle_id", 128), ("package_name", 128)):
+        _string(h5_info, name, limit, required=False, prefix="/scene_info/h5_info")
 
 
 def refund(body: bytes) -> RefundRequest:
@@ -146,6 +186,13 @@ def bill_request(query: Mapping[str, str], today: dt.date) -> tuple[dt.date, str
     if day > today:
         raise ApiError(400, "NO_STATEMENT_EXIST", f"{raw}的账单尚未生成")
     return day, bill_type, tar_type == "GZIP"
+
+
+def certificate_query(query: Mapping[str, str]) -> None:
+    # The Java SDK asks for ?algorithm_type=RSA (WECHATPAY_V3 §10.6); the simulator issues RSA certificates only.
+    algorithm = query.get("algorithm_type", "RSA")
+    if algorithm != "RSA":
+        raise param_error("algorithm_type", "algorithm_type只支持RSA", algorithm, "query_string")
 
 
 def _reject_nulls(value: Any, pointer: str) -> None:

@@ -34,7 +34,7 @@ class ScriptedWechat(FakeWechat):
 
     paid: set[str] = dataclasses.field(default_factory=set)
 
-    async def query(self, out_trade_no: str) -> Transaction | None:
+    async def query(self, out_trade_no: str, appid: str | None = None) -> Transaction | None:
         if out_trade_no not in self.paid:
             return Transaction(out_trade_no=out_trade_no, trade_state="NOTPAY")
         return Transaction(out_trade_no=out_trade_no, trade_state="SUCCESS", transaction_id=f"4200{out_trade_no}",

@@ -75,7 +75,7 @@ async def test_the_payment_page_names_the_next_attempt(console: Console) -> None
     assert f"Next scheduled attempt {console_module.when(payment.next_attempt_at)} (in 30s)" in page
     assert console_module.when(payment.next_attempt_at).endswith(":30 +08:00")
     assert "query WeChat (paid yet?), or close at WeChat once expired; attempts so far: 0." in page
-    assert "No WeChat notification has changed this payment." in page
+    assert "WeChat has sent no notification about this payment." in page
 
 
 async def test_the_overview_shows_the_admin_apis_figures(console: Console) -> None:
@@ -125,14 +125,19 @@ async def test_discrepancies_by_date(console: Console) -> None:
     assert "Discrepancies of 2026-11-25" in default  # yesterday in Shanghai: the bill today's run works on
 
 
-async def test_search_by_out_trade_no_or_order_id(console: Console) -> None:
+async def test_search_by_out_trade_no_order_id_or_transaction_id(console: Console) -> None:
     no = await console.create("shop-order-77")
     await console.sign_in()
     for q in (no, "shop-order-77", f"  {no} "):
         response = await console.client.get("/console/search", params={"q": q}, allow_redirects=False)
         assert response.status == 303 and response.headers["Location"] == f"/console/payments/{no}", q
+    console.wechat.paid.add(no)
+    await console.service.operate(no, "recheck", "payer says paid")  # WeChat's transaction id is known now
+    response = await console.client.get("/console/search", params={"q": f"4200{no}"}, allow_redirects=False)
+    assert response.status == 303 and response.headers["Location"] == f"/console/payments/{no}"
     response = await console.client.get("/console/search", params={"q": "nobody-ordered-this"})
-    assert response.status == 404 and "No payment has the out_trade_no or order_id" in await response.text()
+    assert response.status == 404
+    assert "No payment has the out_trade_no, order_id or transaction_id" in await response.text()
     assert (await console.client.get("/console/search")).status == 200
 
 

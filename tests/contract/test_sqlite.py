@@ -78,7 +78,8 @@ async def test_the_v3_rebuild_keeps_every_row_and_reference(tmp_path: pathlib.Pa
         assert db.execute("PRAGMA foreign_key_check").fetchall() == []
         indexes = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE tbl_name = 'payments' "
                                                 "AND type = 'index' AND sql IS NOT NULL")}
-        assert indexes == {"payments_due", "payments_paid_at", "payments_live_order_id", "payments_by_order_id"}
+        assert indexes == {"payments_due", "payments_paid_at", "payments_live_order_id", "payments_by_order_id",
+                           "payments_by_transaction_id"}
 
 
 async def test_a_newer_schema_is_refused(tmp_path: pathlib.Path) -> None:

@@ -286,6 +286,24 @@ async def test_notifications_are_deduplicated(store: PaymentStore) -> None:
     assert await store.get_notification("EV-2") is None
 
 
+async def test_a_payments_notifications_and_its_transaction_id_are_found(store: PaymentStore) -> None:
+    payment = await _prepaid(store)
+    later = models.Notification(notification_id="EV-B", received_at=T0 + dt.timedelta(seconds=5),
+                                event_type="REFUND.SUCCESS", out_trade_no=payment.out_trade_no, outcome="refund_seen",
+                                resource={"refund_status": "SUCCESS"})
+    first = dataclasses.replace(later, notification_id="EV-A", received_at=T0, event_type="TRANSACTION.SUCCESS",
+                                outcome="accepted", resource={"trade_state": "SUCCESS"})
+    other = dataclasses.replace(first, notification_id="EV-C", out_trade_no="T-OTHER")
+    for note in (later, first, other):
+        await store.record_notification(note)
+    assert [n.notification_id for n in await store.notifications(payment.out_trade_no)] == ["EV-A", "EV-B"]
+    assert await store.notifications("T-NONE") == []
+    assert await store.get_by_transaction_id("4200000001") is None
+    paid = await store.transition(payment, State.NOTIFIED, Trigger.PAY, source=Source.NOTIFY, at=T0,
+                                  changes={"transaction_id": "4200000001"})
+    assert await store.get_by_transaction_id("4200000001") == paid
+
+
 async def test_notification_commits_with_its_transition_or_not_at_all(store: PaymentStore) -> None:
     payment = await _prepaid(store)
     note = models.Notification(notification_id="EV-9", received_at=T0, event_type="TRANSACTION.SUCCESS",

@@ -81,8 +81,9 @@ class World:
             return response.status, await response.json()
 
     async def create(self, order_id: str, amount: int = 1999, **extra: Any) -> dict[str, Any]:
-        status, body = await self.api("POST", "/v1/payments", json={
-            "order_id": order_id, "amount": amount, "description": "Coffee beans", "openid": OPENID, **extra})
+        """`POST /v1/payments`; a field given as None is left out (`openid=None` for products without one)."""
+        fields = {"order_id": order_id, "amount": amount, "description": "Coffee beans", "openid": OPENID, **extra}
+        status, body = await self.api("POST", "/v1/payments", json={k: v for k, v in fields.items() if v is not None})
         assert status == 201, body
         return body  # type: ignore[no-any-return]
 

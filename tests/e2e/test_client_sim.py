@@ -29,11 +29,11 @@ async def test_place_order_is_retried_after_an_injected_500(world: World) -> Non
 
     client = _client(world, sleep=heal)
     try:
-        order = world.service.jsapi_order(await _created(world))
-        prepay_id = await client.place_jsapi(order)
+        order = world.service.order(await _created(world))
+        prepay_id = (await client.place(order)).prepay_id
         assert prepay_id == world.wechat_order(order.out_trade_no).prepay_id
         # re-entry with the identical order gets the same prepay_id
-        assert await client.place_jsapi(order) == prepay_id
+        assert (await client.place(order)).prepay_id == prepay_id
     finally:
         await client.aclose()
 

@@ -54,10 +54,10 @@ async def test_query_on_read_is_throttled_and_shared(world: World) -> None:
     real_query = client.query
     asked: list[str] = []
 
-    async def counting(out_trade_no: str) -> object:
+    async def counting(out_trade_no: str, appid: str | None = None) -> object:
         asked.append(out_trade_no)
         await asyncio.sleep(0)  # let the other readers arrive while this query is in flight
-        return await real_query(out_trade_no)
+        return await real_query(out_trade_no, appid)
 
     client.query = counting  # type: ignore[method-assign]
     results = await asyncio.gather(*(world.api("GET", path) for _ in range(5)))
@@ -87,6 +87,11 @@ async def test_backend_down_then_up(world: World) -> None:
     assert payment.state is State.SYNCED
     order = world.backend_order("order-1")
     assert order.status == "paid" and order.paid_events_received == 1
+    # Every failed attempt left its event, with the backend's answer, beside the schedule it set.
+    failed = [e for e in await world.events(created["out_trade_no"]) if e.trigger == "forward_failed"]
+    assert [(e.detail["attempt"], e.detail["status"], e.source) for e in failed] == [
+        (1, 500, "backend"), (2, 500, "backend"), (3, 500, "backend")]
+    assert all(e.from_state is e.to_state is State.NOTIFIED for e in failed)
 
 
 async def test_applied_but_answer_lost_is_retried_into_one_paid_order(world: World) -> None:

@@ -19,7 +19,7 @@ from payflow import errors
 from payflow.clock import SHANGHAI
 from payflow.http import keys as app_keys
 from payflow.metrics import Metrics
-from payflow.wechat.api import JsapiOrder
+from payflow.wechat.api import Order
 from payflow.wechat.client import WechatPayClient
 from payflow.wechat.failover import Breaker
 from simulator.wechat.app import create_app as create_wechat_sim
@@ -134,8 +134,8 @@ def _client(world: World, breaker_clock: list[float], *, base_url: str | None = 
                                          breaker=Breaker(30.0, clock=lambda: breaker_clock[0]))
 
 
-def _order(world: World, out_trade_no: str) -> JsapiOrder:
-    return JsapiOrder(out_trade_no=out_trade_no, description="Coffee beans", amount=1999, openid=OPENID,
+def _order(world: World, out_trade_no: str) -> Order:
+    return Order(out_trade_no=out_trade_no, description="Coffee beans", amount=1999, openid=OPENID,
                       time_expire=(world.clock.now() + dt.timedelta(hours=2)).astimezone(SHANGHAI),
                       notify_url=world.settings.notify_url or "")
 
@@ -181,14 +181,14 @@ async def test_a_stopped_primary_costs_one_timeout_then_the_breaker_skips_it(
     try:
         order = _order(world, "PF0000000000000000000001")
         started = time.perf_counter()
-        prepay_id = await client.place_jsapi(order)
+        prepay_id = (await client.place(order)).prepay_id
         assert time.perf_counter() - started >= TIMEOUT  # it waited for the stopped primary, once
         assert prepay_id == world.wechat_order(order.out_trade_no).prepay_id
         # the very request the primary swallowed (it may have reached WeChat) went to the backup: WeChat's
         # re-entry by out_trade_no with identical parameters answers the same prepay_id
         assert stopped.seen() == seen
         assert len(seen) == 1 and seen[0].target == "/v3/pay/transactions/jsapi"
-        assert await client.place_jsapi(order) == prepay_id
+        assert (await client.place(order)).prepay_id == prepay_id
         for _ in range(3):
             txn = await client.query(order.out_trade_no)
             assert txn is not None and txn.trade_state == "NOTPAY"

@@ -33,7 +33,7 @@ async def test_create_then_get(client: TestClient) -> None:
     assert response.status == 201
     created = await response.json()
     assert set(created) == {"out_trade_no", "order_id", "state", "amount", "paid", "transaction_id", "paid_at",
-                            "expires_at", "prepay_id", "pay_params"}
+                            "expires_at", "trade_type", "prepay_id", "pay_params"}
     assert created["state"] == "prepaid" and created["amount"] == 1999 and created["paid"] is False
     assert set(created["pay_params"]) == {"appId", "timeStamp", "nonceStr", "package", "signType", "paySign"}
     assert created["pay_params"]["package"] == f"prepay_id={created['prepay_id']}"
@@ -43,7 +43,7 @@ async def test_create_then_get(client: TestClient) -> None:
     assert response.status == 200
     view = await response.json()
     assert view == {k: created[k] for k in ("out_trade_no", "order_id", "state", "amount", "paid",
-                                            "transaction_id", "paid_at", "expires_at")}
+                                            "transaction_id", "paid_at", "expires_at", "trade_type")}
 
 
 async def test_idempotent_create_and_conflict(client: TestClient) -> None:
@@ -174,6 +174,16 @@ async def test_wrong_content_type(client: TestClient) -> None:
         ({"expires_in": 10}, "expires_in"),
         ({"expires_in": "1h"}, "expires_in"),
         ({"ammount": 1999}, "ammount"),
+        ({"trade_type": "qr"}, "trade_type"),
+        ({"trade_type": ["native"]}, "trade_type"),
+        ({"trade_type": "miniprogram", "openid": None}, "openid"),
+        ({"trade_type": "native"}, "openid"),  # another product's field is refused, not ignored
+        ({"trade_type": "app", "openid": None, "h5_type": "iOS"}, "h5_type"),
+        ({"trade_type": "h5", "openid": None, "h5_type": "iOS"}, "payer_client_ip"),
+        ({"trade_type": "h5", "openid": None, "payer_client_ip": "203.0.113.7"}, "h5_type"),
+        ({"trade_type": "h5", "openid": None, "payer_client_ip": "300.1.1.1", "h5_type": "iOS"}, "payer_client_ip"),
+        ({"trade_type": "h5", "openid": None, "payer_client_ip": "203.0.113.7", "h5_type": "ios"}, "h5_type"),
+        ({"payer_client_ip": "203.0.113.7"}, "payer_client_ip"),  # jsapi has no scene
     ],
 )
 async def test_invalid_fields(
@@ -184,6 +194,23 @@ async def test_invalid_fields(
     error = await _error(await client.post("/v1/payments", json=body, headers=API), 422, "invalid_request")
     assert error["field"] == field
     assert await sqlite_store.get_by_order_id(str(body.get("order_id"))) is None
+
+
+@pytest.mark.parametrize(("product", "answer"), [
+    ({"trade_type": "native"}, "code_url"),
+    ({"trade_type": "h5", "payer_client_ip": "2001:db8::7", "h5_type": "Wap"}, "h5_url"),
+    ({"trade_type": "app"}, "app_params"),
+    ({"trade_type": "miniprogram", "openid": "oMini"}, "pay_params"),
+])
+async def test_each_product_answers_what_its_front_end_needs(
+    client: TestClient, product: dict[str, Any], answer: str
+) -> None:
+    body = {k: v for k, v in BODY.items() if k != "openid"} | product
+    response = await client.post("/v1/payments", json=body, headers=API)
+    assert response.status == 201
+    created = await response.json()
+    assert created["trade_type"] == product["trade_type"] and created[answer]
+    assert {"pay_params", "code_url", "h5_url", "app_params"} & set(created) == {answer}
 
 
 async def test_description_and_attach_up_to_wechats_byte_limits_are_fine(client: TestClient) -> None:
@@ -215,7 +242,7 @@ async def test_a_crash_answers_500_without_a_trace(
     aiohttp_client: Any, settings: Settings, sqlite_store: PaymentStore
 ) -> None:
     class Exploding(FakeWechat):
-        async def place_jsapi(self, order: Any) -> str:
+        async def place(self, order: Any) -> Any:
             raise RuntimeError("secret internals")
 
     client = await aiohttp_client(create_app(settings, store=sqlite_store, wechat=Exploding()))

@@ -66,8 +66,9 @@ async def test_valid_notification_pays_once_and_commits_before_answering(
     assert after is not None and after.state is State.NOTIFIED and after.attempts == 1
     assert after.next_attempt_at == clock.now() + dt.timedelta(seconds=15)
     assert note is not None and note.outcome == "accepted" and note.out_trade_no == prepaid.out_trade_no
-    last = (await sqlite_store.events(prepaid.out_trade_no))[-1]
-    assert (last.trigger, last.source, last.to_state) == ("pay", "notify", State.NOTIFIED)
+    *_, paid_event, failed = await sqlite_store.events(prepaid.out_trade_no)
+    assert (paid_event.trigger, paid_event.source, paid_event.to_state) == ("pay", "notify", State.NOTIFIED)
+    assert (failed.trigger, failed.detail["attempt"]) == ("forward_failed", 1)  # with why: not configured
 
 
 async def test_duplicates_make_one_transition(
@@ -83,7 +84,7 @@ async def test_duplicates_make_one_transition(
     other = wx.envelope(keyset, wx.transaction(keyset, prepaid.out_trade_no, 1999), notification_id="EV-3")
     assert (await _post(client, keyset, clock, other)).status == 204
     triggers = [e.trigger for e in await sqlite_store.events(prepaid.out_trade_no)]
-    assert triggers == ["create", "prepay", "pay"]
+    assert triggers == ["create", "prepay", "pay", "forward_failed"]  # one pay; its one forward found no backend
     assert (await sqlite_store.get_notification("EV-3")).outcome == "already_paid"  # type: ignore[union-attr]
 
 

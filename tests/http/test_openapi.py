@@ -65,7 +65,7 @@ NOTIFY = "POST /v1/wechat/notify"
 class AnsweringWechat(FakeWechat):
     """FakeWechat that also answers queries (NOTPAY) and closes, so the fuzz reaches close's and recheck's 200s."""
 
-    async def query(self, out_trade_no: str) -> Transaction | None:
+    async def query(self, out_trade_no: str, appid: str | None = None) -> Transaction | None:
         return Transaction(out_trade_no=out_trade_no, trade_state="NOTPAY")
 
     async def close_order(self, out_trade_no: str) -> None:

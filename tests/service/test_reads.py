@@ -20,7 +20,7 @@ class StuckWechat(FakeWechat):
     asked: list[str] = dataclasses.field(default_factory=list)
     waiting: asyncio.Queue[str] = dataclasses.field(default_factory=asyncio.Queue)
 
-    async def query(self, out_trade_no: str) -> Transaction | None:
+    async def query(self, out_trade_no: str, appid: str | None = None) -> Transaction | None:
         self.asked.append(out_trade_no)
         self.waiting.put_nowait(out_trade_no)
         await self.release.wait()

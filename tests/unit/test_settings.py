@@ -146,6 +146,10 @@ def test_forward_concurrency_refuses_digits_int_cannot_read() -> None:
         ("PAYFLOW_WECHAT_BUDGETS", "jsapi=0",
          "PAYFLOW_WECHAT_BUDGETS (jsapi): '0' is not a rate in calls per second"),
         ("PAYFLOW_WECHAT_BUDGETS", "query=1,query=2", "PAYFLOW_WECHAT_BUDGETS: query is given twice"),
+        ("PAYFLOW_WECHAT_APPIDS", "mini=wx1",
+         "PAYFLOW_WECHAT_APPIDS: 'mini=wx1' is not product=appid with a product of "
+         "jsapi, miniprogram, native, h5, app"),
+        ("PAYFLOW_WECHAT_APPIDS", "app=wx1,app=wx2", "PAYFLOW_WECHAT_APPIDS: app is given twice"),
         ("PAYFLOW_FORWARD_CONCURRENCY", "+4", "PAYFLOW_FORWARD_CONCURRENCY: '+4' is not a whole number from 1 to 1000"),
         ("PAYFLOW_LOG_LEVEL", " info ", "PAYFLOW_LOG_LEVEL: ' info ' is not one of DEBUG, INFO, WARNING, ERROR"),
         ("PAYFLOW_LOG_FORMAT", " json", "PAYFLOW_LOG_FORMAT: ' json' is not one of json, console"),
@@ -166,6 +170,11 @@ def test_values_are_read_as_before() -> None:
     assert (s.host, s.port, s.log_level, s.reconcile_at) == ("0.0.0.0", 0, "DEBUG", None)
     assert (s.wechat_rate, s.read_query_interval, s.placement_grace) == (0.5, 0.0, 120.0)
     assert Settings.from_env({"PAYFLOW_RECONCILE_AT": "09:05"}).reconcile_at == dt.time(9, 5)
+    several = Settings.from_env({"PAYFLOW_WECHAT_APPID": "wxoa",
+                                 "PAYFLOW_WECHAT_APPIDS": "miniprogram=wxmini, app=wxapp"})
+    assert [several.appid_for(t) for t in ("jsapi", "miniprogram", "native", "h5", "app")] == [
+        "wxoa", "wxmini", "wxoa", "wxoa", "wxapp"]
+    assert several.merchant_appids == {"wxoa", "wxmini", "wxapp"}
     budgets = Settings.from_env({"PAYFLOW_WECHAT_BUDGETS": " jsapi = 250 , refund=10 "}).wechat_budgets
     assert budgets == (("jsapi", 250.0), ("refund", 10.0))
 

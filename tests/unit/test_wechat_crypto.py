@@ -327,6 +327,14 @@ def test_pay_sign_app_vector_signs_bare_prepay_id(merchant_key: RSAPrivateKey) -
     assert crypto.pay_sign(merchant_key, PAY_APPID, str(SIGN_TS), SIGN_NONCE, PREPAY_ID) == APP_PAY_SIGN
 
 
+def test_app_pay_params_match_the_official_vector(merchant_key: RSAPrivateKey) -> None:
+    params = crypto.app_pay_params(merchant_key, PAY_APPID, "1900007291", PREPAY_ID, timestamp=SIGN_TS,
+                                   nonce=SIGN_NONCE)
+    assert params == {"appid": PAY_APPID, "partnerid": "1900007291", "prepayid": PREPAY_ID,
+                      "package": "Sign=WXPay", "noncestr": SIGN_NONCE, "timestamp": str(SIGN_TS),
+                      "sign": APP_PAY_SIGN}
+
+
 def test_jsapi_pay_params_defaults_verify(generated: tuple[RSAPrivateKey, RSAPublicKey]) -> None:
     private_key, public_key = generated
     params = crypto.jsapi_pay_params(private_key, PAY_APPID, PREPAY_ID)

@@ -56,7 +56,7 @@ PROXY_ANSWERS = [
 
 def _calls(client: WechatPayClient) -> dict[str, Callable[[], Awaitable[object]]]:
     return {"query": lambda: client.query(NO), "close": lambda: client.close_order(NO),
-            "place": lambda: client.place_jsapi(ORDER)}
+            "place": lambda: client.place(ORDER)}
 
 
 def _mock(mocked: aioresponses, endpoint: str, answer: dict[str, Any]) -> None:

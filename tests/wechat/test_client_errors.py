@@ -15,14 +15,14 @@ from payflow import errors
 from payflow.devkeys import KeySet
 from payflow.ratelimit import Budgets, Priority, RateLimiter, Throttled
 from payflow.wechat import crypto
-from payflow.wechat.api import JsapiOrder
+from payflow.wechat.api import Order
 from payflow.wechat.client import BillInfo, WechatPayClient
 from tests.mock_http import mocked_http as aioresponses
 
 BASE = "https://wechat.test"
 NOW = 1_764_158_400.0
 JSAPI = f"{BASE}/v3/pay/transactions/jsapi"
-ORDER = JsapiOrder(out_trade_no="PF0000000001", description="Beans", amount=1999,
+ORDER = Order(out_trade_no="PF0000000001", description="Beans", amount=1999,
                    openid="oUpF8uMuAJO_M2pxb1Q9zNjWeS6o",
                    time_expire=dt.datetime(2026, 11, 26, 22, 0, tzinfo=dt.timezone(dt.timedelta(hours=8))),
                    notify_url="https://pay.example.com/v1/wechat/notify")
@@ -71,7 +71,7 @@ async def test_place_retries_with_identical_bytes_after_500(client: WechatPayCli
         mocked.post(JSAPI, callback=capture, **_json(keyset, 500, {"code": "SYSTEM_ERROR", "message": "busy"}))
         mocked.post(JSAPI, callback=capture, exception=TimeoutError())
         mocked.post(JSAPI, callback=capture, **_json(keyset, 200, {"prepay_id": "wx26prepay"}))
-        assert await client.place_jsapi(ORDER) == "wx26prepay"
+        assert (await client.place(ORDER)).prepay_id == "wx26prepay"
     assert len(seen) == 3 and len({body for body, _ in seen}) == 1
     body = json.loads(seen[0][0])
     assert body["out_trade_no"] == "PF0000000001" and body["amount"] == {"total": 1999, "currency": "CNY"}
@@ -88,7 +88,7 @@ async def test_place_gives_up_retryable_after_its_attempts(client: WechatPayClie
     with aioresponses() as mocked:
         mocked.post(JSAPI, repeat=True, **_json(keyset, 503, {"code": "SERVICE_UNAVAILABLE", "message": "x"}))
         with pytest.raises(errors.WechatRetryable) as info:
-            await client.place_jsapi(ORDER)
+            await client.place(ORDER)
     assert info.value.status == 503
 
 
@@ -110,7 +110,7 @@ async def test_error_classification(client: WechatPayClient, keyset: KeySet, sta
     with aioresponses() as mocked:
         mocked.post(JSAPI, **_json(keyset, status, payload, signed=signed))
         with pytest.raises(expected) as info:
-            await client.place_jsapi(ORDER)
+            await client.place(ORDER)
     assert info.value.wechat_code == code
 
 
@@ -122,7 +122,7 @@ async def test_a_final_error_with_a_forged_signature_is_not_final(
         mocked.post(JSAPI, **_json(keyset, 400, {"code": "PARAM_ERROR", "message": "x"},
                                    key=other_keyset.platform_private_key))
         with pytest.raises(errors.WechatRetryable):
-            await client.place_jsapi(ORDER)
+            await client.place(ORDER)
 
 
 async def test_rate_limit_pauses_only_the_api_that_answered_it(keyset: KeySet) -> None:
@@ -132,7 +132,7 @@ async def test_rate_limit_pauses_only_the_api_that_answered_it(keyset: KeySet) -
         with aioresponses() as mocked:
             mocked.post(JSAPI, **_json(keyset, 429, {"code": "FREQUENCY_LIMITED", "message": "slow"}))
             with pytest.raises(errors.WechatRetryable):
-                await client.place_jsapi(ORDER)
+                await client.place(ORDER)
     finally:
         await client.aclose()
     assert budgets.limiter("jsapi").paused_for > 0 and budgets.limiter("query").paused_for == 0
@@ -152,7 +152,7 @@ async def test_a_throttled_placement_is_not_retried(keyset: KeySet) -> None:
     try:
         with aioresponses() as mocked:
             with pytest.raises(Throttled):
-                await client.place_jsapi(ORDER)
+                await client.place(ORDER)
             assert mocked.requests == {}  # nothing reached WeChat
     finally:
         await client.aclose()

@@ -1,0 +1,34 @@
+"""Each WeChat Pay product end to end against the simulator: placed on its own API with its own appid, paid,
+notified, forwarded, and its notification's appid checked against the payment's."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from payflow.states import State
+from tests.e2e.conftest import World
+
+PRODUCTS: list[tuple[dict[str, Any], str, str]] = [
+    ({"trade_type": "native", "openid": None}, "code_url", "NATIVE"),
+    ({"trade_type": "h5", "openid": None, "payer_client_ip": "203.0.113.7", "h5_type": "Android"}, "h5_url", "MWEB"),
+    ({"trade_type": "app", "openid": None}, "app_params", "APP"),
+    ({"trade_type": "jsapi"}, "pay_params", "JSAPI"),
+]
+
+
+@pytest.mark.parametrize(("product", "answer", "wechat_type"), PRODUCTS)
+async def test_each_product_is_paid_and_forwarded(world: World, product: dict[str, Any], answer: str,
+                                                  wechat_type: str) -> None:
+    created = await world.create("order-1", **product)
+    assert created["state"] == "prepaid" and created[answer]
+    no = created["out_trade_no"]
+    await world.register_at_backend("order-1")
+    await world.pay(no)
+    assert await world.notify() == 1
+    await world.service.drain()
+    assert (await world.payment(no)).state is State.SYNCED
+    txn = await world.service.wechat.query(no)
+    assert txn is not None and txn.raw.get("trade_type") == wechat_type
+    assert world.backend_order("order-1").paid_events_received == 1
