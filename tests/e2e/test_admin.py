@@ -128,12 +128,10 @@ async def test_action_input_errors(world: World) -> None:
         assert response.status == 401  # the api token is not an admin token
 
 
-async def test_a_requeued_forward_holds_a_lease_so_no_sweeper_delivers_it_meanwhile(
-    world: World, monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    created = await world.create("order-1")
-    await _paid_then_forwards_exhausted(world, created["out_trade_no"])
-    world.backend_faults()
+async def _while_delivering(world: World, monkeypatch: pytest.MonkeyPatch, no: str,
+                            action: str) -> tuple[int, dict]:  # type: ignore[type-arg]
+    """Run the operator's `action`, holding its delivery at the backend until a sweeper pass has tried to
+    claim the payment (and found nothing: the action's lease holds it); then let it through."""
     gate, delivering = asyncio.Event(), asyncio.Event()
     real = world.service.backend.deliver
 
@@ -143,12 +141,21 @@ async def test_a_requeued_forward_holds_a_lease_so_no_sweeper_delivers_it_meanwh
         return await real(payment)
 
     monkeypatch.setattr(world.service.backend, "deliver", held)
-    requeue = asyncio.get_running_loop().create_task(_action(world, created["out_trade_no"], "requeue", "retry"))
+    acting = asyncio.get_running_loop().create_task(_action(world, no, action, "backend fixed"))
     await asyncio.wait_for(delivering.wait(), 5)
-    # While the operator's forward is in flight, a sweeper pass finds nothing to claim.
     assert await world.service.store.claim_due(world.clock.now(), 10, world.settings.lease) == []
     gate.set()
-    status, body = await requeue
+    return await acting
+
+
+async def test_a_requeued_forward_holds_a_lease_so_no_sweeper_delivers_it_meanwhile(
+    world: World, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    created = await world.create("order-1")
+    await _paid_then_forwards_exhausted(world, created["out_trade_no"])
+    world.backend_faults()
+    # While the operator's forward is in flight, a sweeper pass finds nothing to claim.
+    status, body = await _while_delivering(world, monkeypatch, created["out_trade_no"], "requeue")
     assert status == 200 and body["payment"]["state"] == "synced"
     assert world.backend_order("order-1").paid_events_received == 1
 
@@ -169,20 +176,7 @@ async def test_a_resend_holds_a_lease_and_waits_for_one_a_sweeper_holds(
 
     world.advance(world.settings.lease + 1)  # that sweeper died: its lease ran out
     world.backend_faults()
-    gate, delivering = asyncio.Event(), asyncio.Event()
-    real = world.service.backend.deliver
-
-    async def held(payment: Any) -> Any:
-        delivering.set()
-        await gate.wait()
-        return await real(payment)
-
-    monkeypatch.setattr(world.service.backend, "deliver", held)
-    resend = asyncio.get_running_loop().create_task(_action(world, no, "resend", "backend fixed"))
-    await asyncio.wait_for(delivering.wait(), 5)
-    assert await world.service.store.claim_due(world.clock.now(), 10, world.settings.lease) == []
-    gate.set()
-    status, body = await resend
+    status, body = await _while_delivering(world, monkeypatch, no, "resend")
     assert status == 200 and body["outcome"] == "acknowledged"
     assert world.backend_order("order-1").paid_events_received == 1
     assert leased.state is State.NOTIFIED
