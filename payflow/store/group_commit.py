@@ -15,13 +15,13 @@ The writer owns its plain sqlite3 connection and the one thread that opens, BEGI
 from __future__ import annotations
 
 import asyncio
-import collections
 import dataclasses
 import sqlite3
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 from payflow import errors, logs
+from payflow.store.batching import BatchLoop
 from payflow.store.writer_thread import WriterThread
 
 log = logs.get_logger(__name__)
@@ -45,18 +45,12 @@ class Stats:
     largest_batch: int = 0
 
 
-class GroupCommitWriter:
+class GroupCommitWriter(BatchLoop[_Item]):
     def __init__(self, conn: sqlite3.Connection, thread: WriterThread, *, max_batch: int = MAX_BATCH) -> None:
         """Takes over `conn` and `thread` (the only one that blocks on `conn`); see `open`."""
+        super().__init__("sqlite-group-commit", max_batch=max_batch)
         self._conn = conn
         self._thread = thread
-        self._max_batch = max_batch
-        # Writes waiting for the next batch. A plain deque and one wake-up future rather than an
-        # asyncio.Queue: the queue's bookkeeping (waiters, unfinished-task counts) cost a few µs per write.
-        self._pending: collections.deque[_Item] = collections.deque()
-        self._wakeup: asyncio.Future[None] | None = None  # set while the writer task waits for work
-        self._task: asyncio.Task[None] | None = None
-        self._closed = False
         self._released = False  # the connection closed and the thread stopped
         self.stats = Stats()
 
@@ -87,28 +81,15 @@ class GroupCommitWriter:
 
     def enqueue(self, work: Callable[[sqlite3.Connection], T]) -> asyncio.Future[T]:
         """`submit` without its coroutine: the future resolves once the batch holding `work` committed."""
-        if self._closed:
-            raise errors.StoreUnavailable("the store is closed")
-        if self._task is not None and self._task.done():
-            raise errors.StoreUnavailable("the store's writer has stopped")
-        loop = asyncio.get_running_loop()
-        if self._task is None:
-            self._task = loop.create_task(self._run(), name="sqlite-group-commit")
-        future: asyncio.Future[T] = loop.create_future()
-        self._pending.append(_Item(work, future))
-        self._wake()
+        future: asyncio.Future[T] = self._loop().create_future()
+        self._enqueue(_Item(work, future))
         return future
 
     async def close(self) -> None:
         """Finish what is queued, then close the connection and stop the thread."""
-        self._closed = True
-        if self._task is not None:
-            self._wake()
-            # wait() rather than await: a writer that died (cancelled, or a bug) must not stop the caller
-            # from closing the connection after it.
-            await asyncio.wait({self._task})
-            if not self._task.cancelled() and self._task.exception() is not None:
-                log.error("store.writer_failed", error=repr(self._task.exception()))
+        failed = await self._finish()
+        if failed is not None:
+            log.error("store.writer_failed", error=repr(failed))
         if self._released:
             return
         self._released = True
@@ -118,35 +99,7 @@ class GroupCommitWriter:
         finally:
             self._thread.stop(wait=True)  # idle now that the close ran: the join is immediate
 
-    def _wake(self) -> None:
-        if self._wakeup is not None and not self._wakeup.done():
-            self._wakeup.set_result(None)
-
-    async def _run(self) -> None:
-        pending = self._pending
-        batch: list[_Item] = []
-        try:
-            while True:
-                if not pending:
-                    if self._closed:
-                        return
-                    self._wakeup = asyncio.get_running_loop().create_future()
-                    await self._wakeup
-                    self._wakeup = None
-                    continue
-                batch = [pending.popleft() for _ in range(min(len(pending), self._max_batch))]
-                await self._commit(batch)
-        finally:
-            # Stopped other than by close() (cancelled, or a bug): nobody may wait forever, and nobody may
-            # be told that a write in the interrupted batch committed. "Unavailable" makes WeChat deliver
-            # again, and a notification that did commit is then recognised by its id.
-            stopped = errors.StoreUnavailable("the store's writer has stopped")
-            for item in (*batch, *pending):
-                if not item.future.done():
-                    item.future.set_exception(stopped)
-            pending.clear()
-
-    async def _commit(self, batch: list[_Item]) -> None:
+    async def _apply(self, batch: list[_Item]) -> None:
         live = [item for item in batch if not item.future.cancelled()]  # a caller gone before: apply nothing
         works = [item.work for item in live]
         try:

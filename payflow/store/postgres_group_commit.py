@@ -14,7 +14,6 @@ One batch is in flight at a time, on one connection of the pool.
 from __future__ import annotations
 
 import asyncio
-import collections
 import dataclasses
 import datetime as dt
 
@@ -22,6 +21,7 @@ import asyncpg
 
 from payflow import errors, logs, models
 from payflow.store import DECIDE_RETRIES, Decide, Decided, Step, transition_changes
+from payflow.store.batching import BatchLoop
 from payflow.store.postgres_writes import Outcome, Write, read_many, store_error, write_many, write_one
 
 log = logs.get_logger(__name__)
@@ -61,16 +61,12 @@ class Stats:
     fallbacks: int = 0  # batch statements that failed as a whole and were written item by item
 
 
-class GroupWriter:
+class GroupWriter(BatchLoop["_Decision | _Transition"]):
     """Decisions and transitions of one store, applied in batches by one task, one batch at a time."""
 
     def __init__(self, pool: asyncpg.Pool, *, max_batch: int = MAX_BATCH) -> None:
+        super().__init__("postgres-group-commit", max_batch=max_batch)
         self._pool = pool
-        self._max_batch = max_batch
-        self._pending: collections.deque[_Decision | _Transition] = collections.deque()
-        self._wakeup: asyncio.Future[None] | None = None  # set while the task waits for work
-        self._task: asyncio.Task[None] | None = None
-        self._closed = False
         self.stats = Stats()
 
     def decide(self, out_trade_no: str, decide: Decide, *, at: dt.datetime,
@@ -88,54 +84,7 @@ class GroupWriter:
 
     async def close(self) -> None:
         """Finish what is queued, then stop."""
-        self._closed = True
-        if self._task is not None:
-            self._wake()
-            await asyncio.wait({self._task})
-
-    def _loop(self) -> asyncio.AbstractEventLoop:
-        if self._closed:
-            raise errors.StoreUnavailable("the store is closed")
-        if self._task is not None and self._task.done():
-            raise errors.StoreUnavailable("the store's writer has stopped")
-        loop = asyncio.get_running_loop()
-        if self._task is None:
-            self._task = loop.create_task(self._run(), name="postgres-group-commit")
-        return loop
-
-    def _enqueue(self, item: _Decision | _Transition) -> None:
-        self._pending.append(item)
-        self._wake()
-
-    def _wake(self) -> None:
-        if self._wakeup is not None and not self._wakeup.done():
-            self._wakeup.set_result(None)
-
-    async def _run(self) -> None:
-        pending = self._pending
-        batch: list[_Decision | _Transition] = []
-        try:
-            while True:
-                if not pending:
-                    if self._closed:
-                        return
-                    self._wakeup = asyncio.get_running_loop().create_future()
-                    await self._wakeup
-                    self._wakeup = None
-                    continue
-                batch = self._take()
-                if batch:
-                    await self._apply(batch)
-                batch = []
-        finally:
-            # Stopped other than by close() (cancelled, or a bug): nobody may wait forever, and nobody may be told
-            # that a write of the interrupted batch committed. "Unavailable" makes WeChat deliver again, and a
-            # notification that did commit is then recognised by its id.
-            stopped = errors.StoreUnavailable("the store's writer has stopped")
-            for item in (*batch, *pending):
-                if not item.future.done():
-                    item.future.set_exception(stopped)
-            pending.clear()
+        await self._finish()
 
     def _take(self) -> list[_Decision | _Transition]:
         """The next batch: what is queued, in order, but at most one item per payment and per notification id
