@@ -50,7 +50,13 @@ async def _payer_pays(wxpay: WeChatPay, out_trade_no: str) -> None:
 
 @pytest.fixture
 async def sdk(aiohttp_server: Any, wechat_keys: KeySet) -> Sdk:
-    simulator = create_app(wechat_keys, notify=False, faults=WechatFaults(probe=1.0))
+    return await start_sdk(aiohttp_server, wechat_keys, faults=WechatFaults(probe=1.0))
+
+
+async def start_sdk(aiohttp_server: Any, wechat_keys: KeySet, **simulator_options: Any) -> Sdk:
+    """A simulator (created with `simulator_options`), a merchant's notify server, and the SDK in public-key
+    mode pointed at the simulator."""
+    simulator = create_app(wechat_keys, notify=False, **simulator_options)
     server = await aiohttp_server(simulator)
     merchant = SdkMerchant()
     notify_app = web.Application()

@@ -9,40 +9,17 @@ from typing import Any
 
 import aiohttp
 import pytest
-from aiohttp import web
-from wechatpayv3 import WeChatPay, WeChatPayType
+from wechatpayv3 import WeChatPay
 
 from payflow.clock import SystemClock
 from payflow.devkeys import KeySet
-from simulator.wechat import NOTIFIER, create_app
-from tests.simulator.test_wechatpayv3_interop import OPENID, SdkMerchant
-
-Sdk = tuple[WeChatPay, SdkMerchant, web.Application]
+from simulator.wechat import NOTIFIER
+from tests.simulator.test_wechatpayv3_interop import OPENID, Sdk, start_sdk
 
 
 @pytest.fixture
 async def sdk(aiohttp_server: Any, wechat_keys: KeySet) -> Sdk:
-    simulator = create_app(wechat_keys, notify=False)
-    server = await aiohttp_server(simulator)
-    merchant = SdkMerchant()
-    notify_app = web.Application()
-    notify_app.router.add_post("/notify", merchant.handle)
-    notify_server = await aiohttp_server(notify_app)
-    wxpay = WeChatPay(
-        wechatpay_type=WeChatPayType.JSAPI,
-        mchid=wechat_keys.mchid,
-        private_key=wechat_keys.merchant_key_file.read_text(),
-        cert_serial_no=wechat_keys.mch_serial,
-        apiv3_key=wechat_keys.apiv3_key,
-        appid=wechat_keys.appid,
-        notify_url=str(notify_server.make_url("/notify")),
-        public_key=wechat_keys.pub_key_file.read_text(),
-        public_key_id=wechat_keys.pub_key_id,
-        timeout=(5, 10),
-    )
-    wxpay._core._gate_way = str(server.make_url("")).rstrip("/")
-    merchant.wxpay = wxpay
-    return wxpay, merchant, simulator
+    return await start_sdk(aiohttp_server, wechat_keys)
 
 
 async def _paid(wxpay: WeChatPay, out_trade_no: str, total: int) -> None:
