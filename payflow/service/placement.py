@@ -81,11 +81,7 @@ class Placement:
         """
         core = self.core
         existing = await core.store.get_by_order_id(request.order_id)
-        if existing is None:
-            refused = await core.store.refused_payment(request.order_id)
-            if refused is not None and not request.differences(refused):
-                # The request WeChat refused, unchanged: asking again would be refused again.
-                return Created(refused, self.front(refused), new=False)
+        if existing is None:  # none yet, or WeChat refused the earlier one outright (RELEASING_CODES)
             now = core.now()
             ttl = request.expires_in if request.expires_in is not None else core.settings.payment_ttl
             payment = models.Payment(

@@ -99,10 +99,6 @@ class PaymentStore(abc.ABC):
         """The live payment of this order_id: the one not released by a WeChat refusal (at most one)."""
 
     @abc.abstractmethod
-    async def refused_payment(self, order_id: str) -> models.Payment | None:
-        """The newest payment of this order_id that WeChat refused and so released the order_id, if any."""
-
-    @abc.abstractmethod
     async def transition(
         self,
         payment: models.Payment,

@@ -325,11 +325,6 @@ class PostgresStore(PaymentStore):
         found = await self._payments("order_id = $1 AND NOT order_released", order_id)
         return found[0] if found else None
 
-    async def refused_payment(self, order_id: str) -> models.Payment | None:
-        found = await self._payments(
-            "order_id = $1 AND order_released ORDER BY created_at DESC, out_trade_no DESC LIMIT 1", order_id)
-        return found[0] if found else None
-
     async def list_payments(self, *, state: State | None = None, after: str | None = None,
                             limit: int = 100) -> list[models.Payment]:
         if state is None:

@@ -323,12 +323,6 @@ class SqliteStore(PaymentStore):
             f"SELECT {PAYMENT_COLUMNS} FROM payments WHERE order_id = ? AND order_released = 0", (order_id,))
         return payment_row(rows[0]) if rows else None
 
-    async def refused_payment(self, order_id: str) -> models.Payment | None:
-        rows = await self._fetchall(
-            f"SELECT {PAYMENT_COLUMNS} FROM payments WHERE order_id = ? AND order_released = 1 "
-            "ORDER BY created_at DESC, out_trade_no DESC LIMIT 1", (order_id,))
-        return payment_row(rows[0]) if rows else None
-
     async def list_payments(self, *, state: State | None = None, after: str | None = None,
                             limit: int = 100) -> list[models.Payment]:
         clauses, params = ["out_trade_no > ?"], [after or ""]

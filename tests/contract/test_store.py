@@ -80,13 +80,13 @@ async def test_only_a_released_order_id_can_be_taken_again(store: PaymentStore) 
     await store.transition(refused, State.CLOSED, Trigger.CLOSE, source=Source.API, at=T0,
                            detail={"reason": "placement_rejected"}, changes={"order_released": True})
     assert await store.get_by_order_id(refused.order_id) is None
-    assert (await store.refused_payment(refused.order_id)).out_trade_no == refused.out_trade_no  # type: ignore[union-attr]
+    assert (await store.get(refused.out_trade_no)).state is State.CLOSED  # type: ignore[union-attr]  # still kept
     retry = await store.create(factories.payment(order_id=refused.order_id, created_at=T0 + dt.timedelta(seconds=1)),
                                source=Source.API, detail={})
     assert await store.get_by_order_id(refused.order_id) == retry
     with pytest.raises(errors.DuplicatePayment):  # one live payment per order
         await store.create(factories.payment(order_id=refused.order_id), source=Source.API, detail={})
-    assert await store.refused_payment(kept.order_id) is None
+    assert await store.get_by_order_id(kept.order_id) is not None
 
 
 async def test_transition_writes_state_version_changes_and_event(store: PaymentStore) -> None:

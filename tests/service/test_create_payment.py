@@ -107,13 +107,10 @@ async def test_final_failure_closes_with_wechat_code(service: PaymentService, we
     wechat.outcomes = [errors.WechatFinal("bad openid", wechat_code="PARAM_ERROR", status=400)]
     with pytest.raises(errors.WechatFinal):
         await service.create_payment(_request())
-    payment = await service.store.refused_payment("order-1")
+    payment = await service.store.get(wechat.placed[0].out_trade_no)
     assert payment is not None and payment.state is State.CLOSED and payment.next_attempt_at is None
     last = (await service.timeline(payment.out_trade_no))[-1]
     assert last.trigger == "close" and last.detail["wechat_code"] == "PARAM_ERROR"
-    # asking again answers the closed payment; nothing is placed again
-    again = await service.create_payment(_request())
-    assert again.payment.state is State.CLOSED and again.pay_params is None and len(wechat.placed) == 1
 
 
 async def test_without_a_wechat_client_the_payment_waits(sqlite_store: PaymentStore, settings, clock) -> None:  # type: ignore[no-untyped-def]
@@ -148,16 +145,11 @@ async def test_a_request_wechat_refused_releases_its_order_id_for_a_corrected_on
     wechat.outcomes = [errors.WechatFinal("openid invalid", wechat_code="PARAM_ERROR", status=400)]
     with pytest.raises(errors.WechatFinal):
         await service.create_payment(_request(openid="bad-openid"))
-    refused = await service.store.refused_payment("order-1")
+    refused = await service.store.get(wechat.placed[0].out_trade_no)
     assert refused is not None and refused.state is State.CLOSED
     assert await service.store.get_by_order_id("order-1") is None  # no live payment holds order-1
     [*_, closing] = await service.timeline(refused.out_trade_no)
     assert closing.detail["reason"] == "placement_rejected" and closing.detail["order_id_released"] is True
-
-    again = await service.create_payment(_request(openid="bad-openid"))  # the same request: not sent again
-    assert (again.new, again.payment.out_trade_no, again.payment.state) == (False, refused.out_trade_no,
-                                                                           State.CLOSED)
-    assert len(wechat.placed) == 1
 
     corrected = await service.create_payment(_request())
     assert corrected.new and corrected.payment.state is State.PREPAID
@@ -176,6 +168,6 @@ async def test_a_refusal_that_may_leave_an_order_at_wechat_keeps_the_order_id(
         await service.create_payment(_request())
     kept = await service.store.get_by_order_id("order-1")
     assert kept is not None and kept.state is State.CLOSED
-    assert await service.store.refused_payment("order-1") is None
+    assert kept.out_trade_no == wechat.placed[0].out_trade_no  # the refused payment still holds the order
     with pytest.raises(errors.Conflict):
         await service.create_payment(_request(openid="another-openid"))

@@ -74,10 +74,10 @@ async def test_a_mini_program_pays_by_jsapi_with_its_own_appid(products: Payment
 
 
 async def test_a_closed_payment_offers_nothing_to_pay(products: PaymentService, wechat: FakeWechat) -> None:
-    wechat.outcomes = [errors.WechatFinal("refused", wechat_code="NO_AUTH", status=403)]
+    wechat.outcomes = [errors.WechatFinal("refused", wechat_code="OUT_TRADE_NO_USED", status=403)]
     with pytest.raises(errors.WechatFinal):
         await products.create_payment(_request(trade_type="native"))
-    refused = await products.create_payment(_request(trade_type="native"))
+    refused = await products.create_payment(_request(trade_type="native"))  # the order stays with the closed one
     assert refused.payment.state is State.CLOSED and refused.view()["code_url"] is None
 
 
