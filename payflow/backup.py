@@ -1,5 +1,5 @@
-"""`payflow backup DEST`: a consistent copy of the SQLite store, taken online (while `serve` runs) with SQLite's
-backup API; for PostgreSQL, the message naming its own tools.
+"""A consistent copy of the SQLite store, taken online (while `serve` runs) with SQLite's backup API: what
+`payflow backup DEST` (payflow.commands.backup) runs; for PostgreSQL, the message naming its own tools.
 
 There is no restore command: copy the file back and start payflow. Whatever happened after the copy is healed
 as after any crash: the sweeper queries WeChat about every payment the copy left unpaid, and the daily bill
@@ -12,14 +12,9 @@ import dataclasses
 import os
 import pathlib
 import sqlite3
-import sys
 import urllib.parse
-from collections.abc import Mapping
 
-from payflow import errors, logs
-from payflow.settings import Settings
-
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+from payflow import errors
 
 POSTGRES_ADVICE = (
     "PAYFLOW_DATABASE_URL is PostgreSQL, which payflow does not copy itself: use PostgreSQL's own tools, "
@@ -40,28 +35,6 @@ class Copy:
     payments: int
     events: int
     size: int
-
-
-def run(environ: Mapping[str, str], dest: str) -> int:
-    """Exit 0 with a copy at `dest`; 2 when there is nothing payflow can copy (PostgreSQL, no store, bad
-    settings); 1 when the copy failed (then `dest` is untouched)."""
-    try:
-        settings = Settings.from_env(environ)
-    except errors.SettingsError as exc:
-        return _fail(str(exc), EXIT_USAGE)
-    url = settings.database_url
-    if not url.startswith("sqlite:///"):
-        return _fail(POSTGRES_ADVICE, EXIT_USAGE)
-    source = pathlib.Path(url.removeprefix("sqlite:///"))
-    if not source.is_file():
-        return _fail(f"no SQLite store at {str(source)!r} (PAYFLOW_DATABASE_URL={logs.redact_url(url)})", EXIT_USAGE)
-    try:
-        copy = copy_sqlite(source, pathlib.Path(dest))
-    except BackupFailed as exc:
-        return _fail(str(exc), EXIT_FAILED)
-    print(f"backed up {source} to {copy.path}: {copy.payments} payments, {copy.events} events, "
-          f"schema version {copy.schema_version}, {copy.size} bytes")
-    return EXIT_OK
 
 
 def copy_sqlite(source: pathlib.Path, dest: pathlib.Path) -> Copy:
@@ -131,8 +104,3 @@ def _fsync(path: pathlib.Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def _fail(message: str, code: int) -> int:
-    print(f"backup: {message}", file=sys.stderr)
-    return code

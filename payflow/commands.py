@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
+import pathlib
 import sys
 from collections.abc import Mapping
 
+from payflow import backup as backups
 from payflow import errors, logs, models
 from payflow.backend import BackendClient
 from payflow.reconcile import Reconciler, Report
@@ -17,6 +19,7 @@ from payflow.store import open_store
 from payflow.wechat.client import WechatPayClient
 
 EXIT_CLEAN, EXIT_DISCREPANCIES, EXIT_ERROR = 0, 1, 2
+EXIT_FAILED = 1  # backup: the copy failed
 _WECHAT = ("PAYFLOW_WECHAT_MCHID", "PAYFLOW_WECHAT_APPID", "PAYFLOW_WECHAT_MCH_SERIAL", "PAYFLOW_WECHAT_MCH_KEY_FILE",
            "PAYFLOW_WECHAT_APIV3_KEY", "PAYFLOW_WECHAT_PUBKEY_ID", "PAYFLOW_WECHAT_PUBKEY_FILE")
 
@@ -73,9 +76,32 @@ def render(report: Report) -> str:
     return "\n".join(lines)
 
 
-def _fail(message: str, *, command: str = "reconcile") -> int:
+def backup(environ: Mapping[str, str], dest: str) -> int:
+    """`payflow backup DEST`: exit 0 with a copy at `dest`; 2 when there is nothing payflow can copy
+    (PostgreSQL, no store, bad settings); 1 when the copy failed (then `dest` is untouched)."""
+    try:
+        settings = Settings.from_env(environ)
+    except errors.SettingsError as exc:
+        return _fail(str(exc), command="backup")
+    url = settings.database_url
+    if not url.startswith("sqlite:///"):
+        return _fail(backups.POSTGRES_ADVICE, command="backup")
+    source = pathlib.Path(url.removeprefix("sqlite:///"))
+    if not source.is_file():
+        return _fail(f"no SQLite store at {str(source)!r} (PAYFLOW_DATABASE_URL={logs.redact_url(url)})",
+                     command="backup")
+    try:
+        copy = backups.copy_sqlite(source, pathlib.Path(dest))
+    except backups.BackupFailed as exc:
+        return _fail(str(exc), command="backup", code=EXIT_FAILED)
+    print(f"backed up {source} to {copy.path}: {copy.payments} payments, {copy.events} events, "
+          f"schema version {copy.schema_version}, {copy.size} bytes")
+    return EXIT_CLEAN
+
+
+def _fail(message: str, *, command: str = "reconcile", code: int = EXIT_ERROR) -> int:
     print(f"{command}: {message}", file=sys.stderr)
-    return EXIT_ERROR
+    return code
 
 
 def inspect(environ: Mapping[str, str], out_trade_no: str, *, as_json: bool) -> int:

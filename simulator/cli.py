@@ -80,9 +80,9 @@ def main(argv: list[str] | None = None) -> int:
 
         return server.run_serve(os.environ, host=args.host, port=args.port)
     if args.command == "backup":
-        from payflow import backup
+        from payflow import commands as payflow_commands
 
-        return backup.run(os.environ, args.dest)
+        return payflow_commands.backup(os.environ, args.dest)
     if args.command == "reconcile":
         from payflow import commands as payflow_commands
 
