@@ -15,6 +15,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from payflow import errors, logs, ratelimit
+from payflow.wechat.api import TRADE_TYPES
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
@@ -246,7 +247,7 @@ def _rate(text: str, name: str) -> float:
 _BUDGETS_TEXT = ",".join(f"{api}={rate:g}" for api, rate in ratelimit.DEFAULT_BUDGETS.items())
 
 
-_APPID_KINDS = ("jsapi", "miniprogram", "native", "h5", "app")
+_APPID_KINDS = tuple(TRADE_TYPES)  # the products, as `trade_type` names them
 PUBKEY_VARIABLES = ("PAYFLOW_WECHAT_PUBKEY_ID", "PAYFLOW_WECHAT_PUBKEY_FILE")
 
 

@@ -14,7 +14,7 @@ from aiohttp import web
 from payflow import errors
 from payflow.service import STUCK, NewPayment
 from payflow.states import State
-from payflow.wechat.api import H5_TYPES
+from payflow.wechat.api import H5_TYPES, TRADE_TYPES
 
 OUT_TRADE_NO = re.compile(r"^[0-9A-Za-z_-]{6,32}$")
 MAX_EXPIRES_IN = 7 * 86400  # WeChat's default order lifetime; longer is almost always a unit mistake
@@ -22,8 +22,10 @@ MAX_EXPIRES_IN = 7 * 86400  # WeChat's default order lifetime; longer is almost 
 _NEW_PAYMENT_FIELDS = {"order_id", "amount", "description", "openid", "attach", "out_trade_no", "expires_in",
                        "trade_type", "payer_client_ip", "h5_type"}
 # The fields each product needs beyond the common ones; a field of another product is refused, not ignored.
-_PRODUCT_FIELDS = {"jsapi": ("openid",), "miniprogram": ("openid",), "native": (), "app": (),
-                   "h5": ("payer_client_ip", "h5_type")}
+_PRODUCT_FIELDS = {"jsapi": ("openid",), "miniprogram": ("openid",), "native": (), "h5": ("payer_client_ip", "h5_type"),
+                   "app": ()}
+if _PRODUCT_FIELDS.keys() != TRADE_TYPES.keys():
+    raise ImportError("payloads: every product of wechat.api.TRADE_TYPES needs its fields here")
 
 
 class BadJson(errors.InvalidRequest):

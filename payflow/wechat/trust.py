@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import pathlib
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable
 
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 
@@ -49,15 +49,14 @@ def key_ring(settings: Settings) -> KeyRing:
     return KeyRing(public)
 
 
-def keeper(settings: Settings, ring: KeyRing, download: Callable[[], Awaitable[tuple[Mapping[str, str], bytes]]],
-           *, monotonic: Callable[[], float] = time.monotonic) -> CertificateKeeper | None:
+def keeper(settings: Settings, ring: KeyRing, download: Download, *,
+           monotonic: Callable[[], float] = time.monotonic) -> CertificateKeeper | None:
     """The keeper of `ring`'s certificates in certificates and both modes (None in pubkey mode), with the saved
     set loaded: verification works from the first request, before WeChat is asked."""
     if not uses_certificates(settings):
         return None
     apiv3 = [k for k in (settings.wechat_apiv3_key, settings.wechat_apiv3_key_previous) if k]
-    fetch: Download = download
-    kept = CertificateKeeper(ring, fetch, apiv3, path=pathlib.Path(settings.wechat_certificates_file),
+    kept = CertificateKeeper(ring, download, apiv3, path=pathlib.Path(settings.wechat_certificates_file),
                              monotonic=monotonic)
     kept.load()
     return kept
