@@ -1,14 +1,17 @@
-"""Delivery of the signed "paid" event to the business backend (DESIGN §6.3).
+"""Delivery of signed events to the business backend (DESIGN §6.3): `payment.paid`, `payment.closed`,
+`refund.succeeded` and `refund.failed`, told apart by their `type`.
 
-The backend must be idempotent by `Idempotency-Key`; payflow delivers at least once, with one event_id
-per payment for every retry. Backend implementers verify events with `verify_signature` (re-exported).
+The backend must be idempotent by `Idempotency-Key`; payflow delivers at least once, with one event_id per
+event for every retry. Backend implementers verify events with `verify_signature` (re-exported).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import json
 import time
+import uuid
 from collections.abc import Callable
 from typing import Any, Literal, Protocol
 
@@ -16,8 +19,10 @@ import aiohttp
 
 from payflow import logs, models
 from payflow.signing import InvalidSignature, sign_headers, verify_signature
+from payflow.states.refunds import RefundState
 
-__all__ = ["Backend", "BackendClient", "Delivery", "InvalidSignature", "event_body", "verify_signature"]
+__all__ = ["EVENT_TYPES", "Backend", "BackendClient", "Delivery", "InvalidSignature", "closed_event_body",
+           "derived_event_id", "event_body", "refund_event_body", "verify_signature"]
 
 log = logs.get_logger(__name__)
 
@@ -39,9 +44,28 @@ class Delivery:
                 if v is not None}
 
 
+PAYMENT_PAID, PAYMENT_CLOSED = "payment.paid", "payment.closed"
+REFUND_SUCCEEDED, REFUND_FAILED = "refund.succeeded", "refund.failed"
+EVENT_TYPES = (PAYMENT_PAID, PAYMENT_CLOSED, REFUND_SUCCEEDED, REFUND_FAILED)
+# The namespace of event ids derived from another event's id (uuid5): the same input, the same id, on every
+# retry and in every process.
+_DERIVED = uuid.UUID("7c1f3a52-5b0e-4f43-9a43-6f1d7f3e2a10")
+
+
+def derived_event_id(event_id: str, event_type: str) -> str:
+    """The id of the `event_type` event of the record whose own event id is `event_id` (a payment's closed
+    event, a refund's failed event): stable, so every retry carries the same Idempotency-Key."""
+    return uuid.uuid5(_DERIVED, f"{event_type}:{event_id}").hex
+
+
+def _encode(body: dict[str, Any]) -> bytes:
+    return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
+
+
 def event_body(payment: models.Payment) -> bytes:
     """The paid event, serialised once per attempt; the same facts every time for one payment."""
     return json.dumps({
+        "type": PAYMENT_PAID,
         "event_id": payment.event_id,
         "out_trade_no": payment.out_trade_no,
         "order_id": payment.order_id,
@@ -53,11 +77,58 @@ def event_body(payment: models.Payment) -> bytes:
     }, ensure_ascii=False, separators=(",", ":")).encode()
 
 
+def closed_event_body(payment: models.Payment, closed_at: dt.datetime, reason: str | None) -> bytes:
+    """`payment.closed`: an unpaid payment was closed (at WeChat, or never placed there); the backend may release
+    the order."""
+    return _encode({
+        "type": PAYMENT_CLOSED,
+        "event_id": derived_event_id(payment.event_id, PAYMENT_CLOSED),
+        "out_trade_no": payment.out_trade_no,
+        "order_id": payment.order_id,
+        "amount": payment.amount,
+        "currency": payment.currency,
+        "closed_at": closed_at.isoformat(),
+        "reason": reason,
+        "attach": payment.attach,
+    })
+
+
+def refund_event_body(payment: models.Payment, refund: models.Refund) -> tuple[str, bytes]:
+    """`refund.succeeded` (a succeeded or synced refund) or `refund.failed` (closed or refused): its id and bytes."""
+    succeeded = refund.state in (RefundState.SUCCEEDED, RefundState.SYNCED)
+    event_type = REFUND_SUCCEEDED if succeeded else REFUND_FAILED
+    event_id = refund.event_id if succeeded else derived_event_id(refund.event_id, REFUND_FAILED)
+    body: dict[str, Any] = {
+        "type": event_type,
+        "event_id": event_id,
+        "out_refund_no": refund.out_refund_no,
+        "out_trade_no": payment.out_trade_no,
+        "order_id": payment.order_id,
+        "refund_id": refund.refund_id,
+        "amount": refund.amount,
+        "currency": payment.currency,
+        "origin": refund.origin,
+        "reason": refund.reason,
+        "cause": refund.cause,
+        "attach": payment.attach,
+    }
+    if succeeded:
+        body["succeeded_at"] = refund.succeeded_at.isoformat() if refund.succeeded_at else None
+    else:
+        body["state"] = refund.state.value
+        body["failure"] = refund.failure
+    return event_id, _encode(body)
+
+
 class Backend(Protocol):
-    """Where paid events go; `BackendClient` is the real one."""
+    """Where events go; `BackendClient` is the real one."""
 
     async def deliver(self, payment: models.Payment) -> Delivery:
-        """One attempt; never raises for the backend's own failures (those are a `retry` Delivery)."""
+        """One attempt of the paid event; never raises for the backend's own failures (a `retry` Delivery)."""
+        ...
+
+    async def send(self, event_id: str, body: bytes) -> Delivery:
+        """One attempt of any event (its id and exact bytes), answered as `deliver` is."""
         ...
 
 
@@ -77,8 +148,10 @@ class BackendClient:
             self._session = None
 
     async def deliver(self, payment: models.Payment) -> Delivery:
-        body = event_body(payment)
-        headers = sign_headers(self._secret, body, payment.event_id, now=self._now())
+        return await self.send(payment.event_id, event_body(payment))
+
+    async def send(self, event_id: str, body: bytes) -> Delivery:
+        headers = sign_headers(self._secret, body, event_id, now=self._now())
         if self._session is None:
             self._session = aiohttp.ClientSession()
         try:

@@ -54,6 +54,16 @@ class DuplicatePayment(Conflict):
     code = "duplicate_payment"
 
 
+class RefundExceedsPayment(PayflowError):
+    """Refunds would sum past what the payment paid (HTTP 422)."""
+
+    code = "refund_exceeds_payment"
+
+    def __init__(self, message: str, *, refundable: int) -> None:
+        super().__init__(message)
+        self.refundable = refundable
+
+
 class StoreUnavailable(PayflowError):
     """The store could not be reached or failed; nothing was committed by the failing call."""
 

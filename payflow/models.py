@@ -7,6 +7,7 @@ import datetime as dt
 from typing import Any
 
 from payflow.states import PAID_STATES, State
+from payflow.states.refunds import RefundState
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -105,7 +106,9 @@ class Discrepancy:
 
     bill_date: dt.date
     out_trade_no: str
-    category: str  # AMOUNT_MISMATCH, PLATFORM_MISS, BANK_MISS, PAID_AFTER_CLOSE, REFUND
+    # AMOUNT_MISMATCH, PLATFORM_MISS, BANK_MISS, PAID_AFTER_CLOSE, REFUND (before payflow refunded),
+    # REFUND_UNKNOWN, REFUND_MISMATCH, REFUND_MISSING
+    category: str
     detail: dict[str, Any]
     found_at: dt.datetime
 
@@ -128,3 +131,58 @@ class ReconciliationRun:
         return {"id": self.id, "bill_date": self.bill_date.isoformat(), "started_at": _iso(self.started_at),
                 "finished_at": _iso(self.finished_at), "status": self.status, "counts": self.counts,
                 "error": self.error}
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Refund:
+    """A refund of (part of) one payment; its own outbox row, as a payment is for the paid event."""
+
+    out_refund_no: str
+    out_trade_no: str
+    amount: int  # fen
+    state: RefundState
+    version: int
+    created_at: dt.datetime
+    updated_at: dt.datetime
+    event_id: str  # the id of `refund.succeeded`; `refund.failed` derives its own from it (backend.derived_event_id)
+    origin: str  # who asked: api, admin, auto
+    reason: str | None = None  # sent to WeChat: shown to the payer
+    cause: str | None = None  # why: the operator's note, or the review reason an automatic refund answers
+    refund_id: str | None = None  # WeChat's
+    succeeded_at: dt.datetime | None = None
+    next_attempt_at: dt.datetime | None = None
+    attempts: int = 0
+    lease_token: str | None = None
+    billed_on: dt.date | None = None  # the bill date whose REFUND line matched it
+    failure: str | None = None  # WeChat's code when it refused or closed the refund
+
+    def view(self) -> dict[str, Any]:
+        """The public view (`GET /v1/refunds/{out_refund_no}`)."""
+        return {
+            "out_refund_no": self.out_refund_no,
+            "out_trade_no": self.out_trade_no,
+            "state": self.state.value,
+            "amount": self.amount,
+            "reason": self.reason,
+            "refund_id": self.refund_id,
+            "created_at": _iso(self.created_at),
+            "succeeded_at": _iso(self.succeeded_at),
+        }
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class RefundEvent:
+    """One row of a refund's timeline; `from_state` is None for the creation event."""
+
+    id: int
+    out_refund_no: str
+    from_state: RefundState | None
+    to_state: RefundState
+    trigger: str
+    source: str
+    detail: dict[str, Any]
+    at: dt.datetime
+
+    def view(self) -> dict[str, Any]:
+        return {"id": self.id, "from": self.from_state.value if self.from_state else None, "to": self.to_state.value,
+                "trigger": self.trigger, "source": self.source, "detail": self.detail, "at": _iso(self.at)}

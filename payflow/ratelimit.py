@@ -195,6 +195,8 @@ DEFAULT_BUDGETS: Mapping[str, float] = {
     "app": 100.0,
     "query": 300.0,         # status polls (READ) and the sweeper's queries (BACKGROUND)
     "close": 100.0,         # the payer's close (PAYER) and expiry closes (BACKGROUND)
+    "refund": 150.0,        # apply for a refund (WeChat documents 150 QPS): the API, operators, the sweeper
+    "refund_query": 300.0,  # refund reads (READ) and the sweeper's refund queries (BACKGROUND)
     "tradebill": 5.0,       # once a day per bill, plus retries
     "billdownload": 5.0,
 }

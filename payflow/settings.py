@@ -26,6 +26,11 @@ WECHAT_BACKUP_URL = "https://api2.mch.weixin.qq.com"
 DEFAULT_QUERY_SCHEDULE = "30s,1m,2m,5m,10m"
 # WeChat's own notification schedule (24h4m in all); the first forward happens at once.
 DEFAULT_FORWARD_SCHEDULE = "15s,15s,30s,3m,10m,20m,30m,30m,30m,60m,3h,3h,3h,6h,6h"
+# Queries of a processing refund; after the last step, every REFUND_QUERY_AFTER (an abnormal one: only that).
+DEFAULT_REFUND_QUERY_SCHEDULE = "1m,5m,30m,1h"
+REFUND_QUERY_AFTER = 6 * 3600.0
+# The review reasons an automatic refund may answer (PAYFLOW_AUTO_REFUND).
+AUTO_REFUND_REASONS = ("paid_after_close", "backend_rejected", "amount_mismatch")
 
 
 def parse_duration(text: str, *, name: str = "duration") -> float:
@@ -75,6 +80,8 @@ class Settings:
     query_schedule: tuple[float, ...] = parse_schedule(DEFAULT_QUERY_SCHEDULE)
     forward_schedule: tuple[float, ...] = parse_schedule(DEFAULT_FORWARD_SCHEDULE)
     payment_ttl: float = 2 * 3600.0
+    refund_query_schedule: tuple[float, ...] = parse_schedule(DEFAULT_REFUND_QUERY_SCHEDULE)
+    auto_refund: frozenset[str] = frozenset()  # of AUTO_REFUND_REASONS
     sweep_interval: float = 5.0
     log_format: str | None = None  # None: JSON when stderr is not a TTY
     log_level: str = "INFO"
@@ -258,6 +265,14 @@ def _key_mode(text: str, name: str) -> str:
     return mode
 
 
+def _auto_refund(text: str, name: str) -> frozenset[str]:
+    reasons = frozenset(filter(None, (part.strip() for part in text.split(","))))
+    unknown = sorted(reasons - set(AUTO_REFUND_REASONS))
+    if unknown:
+        raise errors.SettingsError(f"{name}: {', '.join(unknown)} is not one of {', '.join(AUTO_REFUND_REASONS)}")
+    return reasons
+
+
 def _appids(text: str, name: str) -> tuple[tuple[str, str], ...]:
     """`miniprogram=wx...,app=wx...`: the appid of each product that does not use PAYFLOW_WECHAT_APPID."""
     pairs: dict[str, str] = {}
@@ -370,6 +385,12 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("PAYFLOW_SWEEP_INTERVAL", "sweep_interval", _duration, "5s", "sweeper cadence; `0` disables the sweeper"),
     Variable("PAYFLOW_LOG_FORMAT", "log_format", _log_format, None, "`json` or `console`",
              shown_default="JSON unless stderr is a TTY"),
+    Variable("PAYFLOW_REFUND_QUERY_SCHEDULE", "refund_query_schedule", _schedule, DEFAULT_REFUND_QUERY_SCHEDULE,
+             "gaps between queries of a `processing` refund; after the last, every 6h (an `abnormal` refund: every "
+             "6h)"),
+    Variable("PAYFLOW_AUTO_REFUND", "auto_refund", _auto_refund, "",
+             "review reasons refunded without a person: a comma list of `paid_after_close`, `backend_rejected`, "
+             "`amount_mismatch`", shown_default="none"),
     Variable("PAYFLOW_LOG_LEVEL", "log_level", _log_level, "INFO",
              "`DEBUG`, `INFO`, `WARNING` or `ERROR`: `DEBUG` adds a line per transition and per WeChat call; "
              "`WARNING` keeps alerts and failures only", contract=False),

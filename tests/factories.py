@@ -31,3 +31,22 @@ def payment(**overrides: Any) -> models.Payment:
         next_attempt_at=T0 + dt.timedelta(seconds=10),
     )
     return dataclasses.replace(base, **overrides)
+
+
+def refund(payment: models.Payment, **overrides: Any) -> models.Refund:
+    from payflow.states.refunds import RefundState
+
+    n = next(_counter)
+    base = models.Refund(
+        out_refund_no=f"R{n:010d}",
+        out_trade_no=payment.out_trade_no,
+        amount=payment.amount,
+        state=RefundState.CREATED,
+        version=1,
+        created_at=T0,
+        updated_at=T0,
+        event_id=f"evr_{n:032x}",
+        origin="api",
+        next_attempt_at=T0 + dt.timedelta(seconds=60),
+    )
+    return dataclasses.replace(base, **overrides)

@@ -3,11 +3,12 @@
 Each part names its collaborators in its constructor and shares one `Core`:
 
     Forwarding(core, backend)                 paid events to the backend, the first-forward queue
-    Paid(core, verifier, forwarding)          notifications and every other "WeChat says SUCCESS"
+    Refunding(core, wechat, backend)          refunds: stored, submitted, followed, forwarded; automatic ones
+    Paid(core, verifier, forwarding, refunding)   notifications and every other "WeChat says SUCCESS"
     Placement(core, wechat)                   create a payment, place its order at WeChat
     Closing(core, wechat, paid)               the payer's close and the expiry close
     Reads(core, wechat, paid)                 status polls (query on read), timelines, the admin listing
-    Sweeping(core, wechat, placement, paid, forwarding, closing)   one due payment, re-driven
+    Sweeping(core, wechat, placement, paid, forwarding, closing, refunding, backend)   one due payment, re-driven
     Operating(core, wechat, paid, forwarding) operator actions
     Reviewing(core)                           the bill's verdicts: reconcile, park for review
 
@@ -28,6 +29,7 @@ from payflow.service.operating import ActionNotApplicable, ActionResult, Operati
 from payflow.service.paid import Paid
 from payflow.service.placement import Created, NewPayment, Placement
 from payflow.service.reads import STUCK, Listing, Reads
+from payflow.service.refunding import NewRefund, Refunding
 from payflow.service.reviewing import Reviewing
 from payflow.service.sweeping import Sweeping
 from payflow.service.unconfigured import UnconfiguredBackend, UnconfiguredVerifier, UnconfiguredWechat
@@ -36,7 +38,7 @@ from payflow.store import PaymentStore
 from payflow.wechat.api import WechatApi
 from payflow.wechat.notify import Verifier
 
-__all__ = ["STUCK", "ActionNotApplicable", "ActionResult", "Core", "Created", "Listing", "NewPayment",
+__all__ = ["STUCK", "ActionNotApplicable", "ActionResult", "Core", "Created", "Listing", "NewPayment", "NewRefund",
            "PaymentService"]
 
 
@@ -62,11 +64,15 @@ class PaymentService:
         self.wechat: WechatApi = wechat if wechat is not None else UnconfiguredWechat()
         self.backend: Backend = backend if backend is not None else UnconfiguredBackend()
         self.forwarding = Forwarding(core, self.backend)
-        self.paid = Paid(core, verifier if verifier is not None else UnconfiguredVerifier(), self.forwarding)
+        self.refunding = Refunding(core, self.wechat, self.backend)
+        core.on_flagged.append(self.refunding.flagged)
+        self.paid = Paid(core, verifier if verifier is not None else UnconfiguredVerifier(), self.forwarding,
+                         self.refunding)
         self.placement = Placement(core, self.wechat)
         self.closing = Closing(core, self.wechat, self.paid)
         self.reads = Reads(core, self.wechat, self.paid)
-        self.sweeping = Sweeping(core, self.wechat, self.placement, self.paid, self.forwarding, self.closing)
+        self.sweeping = Sweeping(core, self.wechat, self.placement, self.paid, self.forwarding, self.closing,
+                                 self.refunding, self.backend)
         self.operating = Operating(core, self.wechat, self.paid, self.forwarding)
         self.reviewing = Reviewing(core)
 
@@ -81,6 +87,11 @@ class PaymentService:
         self.handle_notification = self.paid.handle_notification
         self.confirm_paid = self.paid.confirm_paid
         self.sweep = self.sweeping.sweep
+        self.sweep_refund = self.refunding.sweep
+        self.create_refund = self.refunding.create_refund
+        self.view_refund = self.refunding.view_refund
+        self.refunds_of = self.refunding.refunds_of
+        self.admin_refund = self.refunding.admin_refund
         self.operate = self.operating.operate
         self.mark_reconciled = self.reviewing.mark_reconciled
         self.flag = self.reviewing.flag

@@ -8,7 +8,7 @@ import contextvars
 import datetime as dt
 import logging
 import random
-from collections.abc import Coroutine, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from typing import Any
 
 from payflow import errors, logs, models, states
@@ -39,6 +39,8 @@ class Core:
         self.metrics = metrics or Metrics()
         self._rng = rng or random.Random()
         self._tasks: set[asyncio.Task[Any]] = set()
+        # Told of every payment parked for review, with the reason (the automatic refunds listen).
+        self.on_flagged: list[Callable[[models.Payment, str], None]] = []
 
     def now(self) -> dt.datetime:
         return self.clock.now()
@@ -75,6 +77,11 @@ class Core:
         Raises IllegalTransition / GuardRejected from the state machine; the payload is kept on the event.
         """
         payload = dict(payload or {})
+        if trigger is Trigger.CLOSE:
+            # Due at once: the sweeper tells the backend `payment.closed`. Not for a payment WeChat refused
+            # outright: its order_id is released, and a new payment of that order may already be on its way.
+            released = bool((changes or {}).get("order_released"))
+            changes = {"next_attempt_at": None if released else self.now(), **(changes or {})}
         return Step(outcome, trigger, states.plan(payment, trigger, **payload), source.value,
                     {**payload, **(detail or {})}, changes, lease_token)
 
@@ -96,7 +103,7 @@ class Core:
         assert step.to is not None
         moved = await self.store.transition(
             payment, step.to, trigger, source=step.source, at=self.now(), detail=step.detail,
-            changes=changes, notification=notification, lease_token=lease_token,
+            changes=step.changes, notification=notification, lease_token=lease_token,
         )
         self.count(step, payment)
         return moved
@@ -115,12 +122,18 @@ class Core:
                      state=fresh.state.value)
             return fresh
 
+    def flagged(self, payment: models.Payment, reason: str) -> None:
+        for listener in self.on_flagged:
+            listener(payment, reason)
+
     def count(self, step: Step, payment: models.Payment | None) -> None:
         """Metrics and the debug line of a step that was written. DEBUG only: every transition is already
         an order_events row, and one INFO line per request is enough."""
         if step.trigger is None or step.to is None or payment is None:
             return
         self.metrics.count_transition(step.trigger.value, step.source)
+        if step.trigger is Trigger.FLAG and self.on_flagged:
+            self.flagged(payment, str((step.detail or {}).get("reason")))
         if STDLIB_LOG.isEnabledFor(logging.DEBUG):
             log.debug("payment.transitioned", out_trade_no=payment.out_trade_no, trigger=step.trigger.value,
                       source=step.source, from_state=payment.state.value, state=step.to.value)

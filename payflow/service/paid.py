@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from payflow import errors, logs, models, tokens
 from payflow.service.core import STDLIB_LOG, Core
 from payflow.service.forwarding import Forwarding
+from payflow.service.refunding import Refunding
 from payflow.states import Source, State, Trigger
 from payflow.store import Step
 from payflow.wechat.api import Transaction
@@ -29,14 +30,16 @@ FINAL_TRADE_STATES = frozenset({"SUCCESS", "CLOSED", "REFUND"})
 REFUND_EVENTS = "REFUND."  # REFUND.SUCCESS, REFUND.ABNORMAL, REFUND.CLOSED
 # notification outcomes → the labels of payflow_notifications
 _OUTCOME_METRIC = {"already_paid": "duplicate", "amount_mismatch": "mismatch", "appid_mismatch": "mismatch",
-                   "unknown_payment": "unknown"}
+                   "unknown_payment": "unknown", "refund_mismatch": "mismatch", "refund_unknown": "unknown",
+                   "refund_known": "duplicate"}
 
 
 class Paid:
-    def __init__(self, core: Core, verifier: Verifier, forwarding: Forwarding) -> None:
+    def __init__(self, core: Core, verifier: Verifier, forwarding: Forwarding, refunding: Refunding) -> None:
         self.core = core
         self.verifier = verifier
         self.forwarding = forwarding
+        self.refunding = refunding
 
     async def handle_notification(self, headers: Mapping[str, str], raw: bytes) -> str:
         """Verify, decrypt, check and apply one notification; returns its outcome.
@@ -62,7 +65,11 @@ class Paid:
         row = models.Notification(note.notification_id, core.now(), note.event_type,
                                   txn.out_trade_no if txn else None, "", note.resource, note.resource_json)
         if note.event_type.startswith(REFUND_EVENTS):
-            return await self._refund_seen(note, row)
+            try:
+                return await self.refunding.handle_notification(note, row)
+            except MalformedNotification:
+                core.metrics.count_notification("mismatch")
+                raise
         if note.event_type != TRANSACTION_SUCCESS or txn is None or txn.trade_state != "SUCCESS":
             if not await core.store.record_notification(dataclasses.replace(row, outcome="ignored")):
                 return "duplicate"
@@ -76,23 +83,6 @@ class Paid:
         if STDLIB_LOG.isEnabledFor(logging.INFO):  # thousands a second: skip building a dropped event
             log.info("notification.handled", out_trade_no=txn.out_trade_no, outcome=outcome)
         return outcome
-
-    async def _refund_seen(self, note: VerifiedNotification, row: models.Notification) -> str:
-        """REFUND.SUCCESS / ABNORMAL / CLOSED: payflow does not refund yet, so a refund made elsewhere (the
-        merchant platform) is kept against its payment and a person is alerted; the bill flags it too."""
-        resource = note.resource
-        if resource.get("mchid") != self.core.settings.wechat_mchid:
-            log.warning("notification.refused", reason="merchant_mismatch", mchid=resource.get("mchid"))
-            self.core.metrics.count_notification("mismatch")
-            raise MalformedNotification("mchid does not belong to this merchant")
-        out_trade_no = resource.get("out_trade_no")
-        kept = dataclasses.replace(row, out_trade_no=out_trade_no if isinstance(out_trade_no, str) else None,
-                                   outcome="refund_seen")
-        if not await self.core.store.record_notification(kept):
-            return "duplicate"
-        log.error("alert.refund_notification", event_type=note.event_type, out_trade_no=kept.out_trade_no,
-                  out_refund_no=resource.get("out_refund_no"), refund_status=resource.get("refund_status"))
-        return "refund_seen"
 
     async def confirm_paid(
         self,

@@ -1,15 +1,20 @@
 """What the sweeper does with one due payment it claimed: forward a `notified` one again, query an unpaid
-one (then settle, re-place, close at expiry, or query again later), clear a stray schedule."""
+one (then settle, re-place, close at expiry, or query again later), tell the backend a `closed` one was closed,
+clear a stray schedule."""
 
 from __future__ import annotations
 
 from payflow import errors, logs, models
+from payflow.backend import PAYMENT_CLOSED, Backend, closed_event_body, derived_event_id
+from payflow.service import outbox
 from payflow.service.closing import Closing
 from payflow.service.core import Core
 from payflow.service.forwarding import Forwarding
 from payflow.service.paid import FINAL_TRADE_STATES, Paid
 from payflow.service.placement import Placement
+from payflow.service.refunding import Refunding
 from payflow.states import Source, State, Trigger
+from payflow.store import Note
 from payflow.wechat.api import Transaction, WechatApi
 
 log = logs.get_logger("payflow.service")
@@ -17,13 +22,15 @@ log = logs.get_logger("payflow.service")
 
 class Sweeping:
     def __init__(self, core: Core, wechat: WechatApi, placement: Placement, paid: Paid, forwarding: Forwarding,
-                 closing: Closing) -> None:
+                 closing: Closing, refunding: Refunding, backend: Backend) -> None:
         self.core = core
         self.wechat = wechat
         self.placement = placement
         self.paid = paid
         self.forwarding = forwarding
         self.closing = closing
+        self.refunding = refunding
+        self.backend = backend
 
     async def sweep(self, payment: models.Payment) -> str:
         """Re-drive one claimed payment by its state; returns what happened (for the pass report)."""
@@ -33,9 +40,30 @@ class Sweeping:
                 return f"forward:{moved.state.value}"
             if payment.state in (State.CREATED, State.PREPAID):
                 return await self._sweep_unpaid(payment)
+            if payment.state is State.CLOSED:
+                return await self._tell_closed(payment)
             # Nothing is scheduled for other states; a stray schedule is cleared.
             await self.core.reschedule(payment, None, payment.attempts)
             return "nothing"
+
+    async def _tell_closed(self, payment: models.Payment) -> str:
+        """One attempt of `payment.closed` for a payment the `close` step scheduled; its outcome is an event on
+        the payment's timeline, and nothing is scheduled after an acknowledgement, a rejection or exhaustion."""
+        core = self.core
+        closing = next((e for e in reversed(await core.store.events(payment.out_trade_no))
+                        if e.to_state is State.CLOSED and e.trigger == Trigger.CLOSE.value), None)
+        closed_at = closing.at if closing is not None else payment.updated_at
+        reason = closing.detail.get("reason") if closing is not None else None
+        body = closed_event_body(payment, closed_at, reason if isinstance(reason, str) else None)
+        tried = await outbox.attempt(core, self.backend, PAYMENT_CLOSED, derived_event_id(payment.event_id,
+                                     PAYMENT_CLOSED), body, payment.attempts, out_trade_no=payment.out_trade_no)
+        if tried.verdict == "retry":
+            await core.reschedule(payment, tried.next_at, tried.failures,
+                                  note=Note("closed_event_failed", Source.BACKEND, tried.detail))
+        else:
+            await core.reschedule(payment, None, tried.failures,
+                                  note=Note(f"closed_event_{tried.verdict}", Source.BACKEND, tried.detail))
+        return f"closed_event:{tried.verdict}"
 
     async def _sweep_unpaid(self, payment: models.Payment) -> str:
         core = self.core

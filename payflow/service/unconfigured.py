@@ -7,7 +7,7 @@ from collections.abc import Mapping
 
 from payflow import errors, models
 from payflow.backend import Delivery
-from payflow.wechat.api import Order, Placed, Transaction
+from payflow.wechat.api import Order, Placed, RefundAnswer, RefundRequest, Transaction
 from payflow.wechat.notify import VerifiedNotification
 
 WECHAT_VARIABLES = ("PAYFLOW_WECHAT_MCHID, PAYFLOW_WECHAT_APPID, PAYFLOW_WECHAT_MCH_SERIAL, "
@@ -35,12 +35,24 @@ class UnconfiguredWechat:
     def app_params(self, prepay_id: str, appid: str | None = None) -> dict[str, str]:
         raise self._refuse()
 
+    async def refund(self, request: RefundRequest) -> RefundAnswer:
+        raise self._refuse()
+
+    async def query_refund(self, out_refund_no: str) -> RefundAnswer | None:
+        raise self._refuse()
+
 
 class UnconfiguredBackend:
     """A `Backend` for a deployment without PAYFLOW_BACKEND_URL / PAYFLOW_BACKEND_SECRET."""
 
     async def deliver(self, payment: models.Payment) -> Delivery:
-        raise errors.NotConfigured(
+        raise self._refuse()
+
+    async def send(self, event_id: str, body: bytes) -> Delivery:
+        raise self._refuse()
+
+    def _refuse(self) -> errors.NotConfigured:
+        return errors.NotConfigured(
             "the business backend is not configured: set PAYFLOW_BACKEND_URL and PAYFLOW_BACKEND_SECRET")
 
 

@@ -21,6 +21,7 @@ class State(enum.StrEnum):
     RECONCILED = "reconciled"
     CLOSED = "closed"
     NEEDS_REVIEW = "needs_review"
+    REFUNDED = "refunded"  # refunds reached the whole paid amount (terminal)
 
 
 class Trigger(enum.StrEnum):
@@ -32,6 +33,7 @@ class Trigger(enum.StrEnum):
     FLAG = "flag"
     REQUEUE = "requeue"
     DISMISS = "dismiss"
+    REFUND = "refund"
 
 
 class Source(enum.StrEnum):
@@ -46,8 +48,8 @@ class Source(enum.StrEnum):
     BACKEND = "backend"
 
 
-# WeChat has confirmed the money arrived (the payer-facing "paid").
-PAID_STATES = frozenset({State.NOTIFIED, State.SYNCED, State.RECONCILED})
+# WeChat has confirmed the money arrived (the payer-facing "paid"); a refunded payment was paid, too.
+PAID_STATES = frozenset({State.NOTIFIED, State.SYNCED, State.RECONCILED, State.REFUNDED})
 
 S, T = State, Trigger
 # (trigger, sources, destination) — the one transition table of DESIGN §2.
@@ -60,6 +62,7 @@ ROWS: tuple[tuple[Trigger, tuple[State, ...], State], ...] = (
     (T.FLAG, (S.CREATED, S.PREPAID, S.NOTIFIED, S.SYNCED, S.CLOSED), S.NEEDS_REVIEW),
     (T.REQUEUE, (S.NEEDS_REVIEW,), S.NOTIFIED),
     (T.DISMISS, (S.NEEDS_REVIEW,), S.CLOSED),
+    (T.REFUND, (S.SYNCED, S.RECONCILED, S.NEEDS_REVIEW), S.REFUNDED),
 )
 del S, T
 
@@ -101,6 +104,18 @@ def _placed(payment: PaymentLike, payload: Mapping[str, Any]) -> str | None:
     return "prepay_id or pay_url is required"
 
 
+def _refunded_in_full(payment: PaymentLike, payload: Mapping[str, Any]) -> str | None:
+    """`refund` needs refunds that reached the paid amount (`refunded`, integer fen); a partial one leaves the
+    payment where it is."""
+    refunded = payload.get("refunded")
+    if isinstance(refunded, bool) or not isinstance(refunded, int):
+        return "refund needs the refunded amount (integer fen)"
+    paid = getattr(payment, "paid_amount", None) or payment.amount
+    if refunded < paid:
+        return f"refunded {refunded} of {paid}: a partial refund leaves the payment's state"
+    return None
+
+
 # Guards are pure functions of (payment, payload) that return a reason to refuse, or None.
 GUARDS: Mapping[Trigger, tuple[Guard, ...]] = {
     Trigger.PREPAY: (_placed,),
@@ -109,6 +124,7 @@ GUARDS: Mapping[Trigger, tuple[Guard, ...]] = {
     Trigger.FLAG: (_requires("reason"),),
     Trigger.REQUEUE: (_requires("note"),),
     Trigger.DISMISS: (_requires("note"),),
+    Trigger.REFUND: (_refunded_in_full,),
 }
 
 TABLE: Table[State, Trigger] = Table(State, Trigger, ROWS, GUARDS)

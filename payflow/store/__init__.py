@@ -10,12 +10,17 @@ from typing import Any
 
 from payflow import errors, logs, models, states
 from payflow.states import State, Trigger
+from payflow.states import refunds as refund_states
+from payflow.states.refunds import RefundState, RefundTrigger
 
 # Columns a transition or reschedule may change besides state and version.
 CHANGEABLE = frozenset({"prepay_id", "transaction_id", "paid_at", "paid_amount", "next_attempt_at", "attempts",
                         "order_released", "pay_url"})
 # States the sweeper never visits: their schedule is cleared by the store, whatever the caller asked.
-UNSCHEDULED = frozenset({State.SYNCED, State.RECONCILED, State.CLOSED, State.NEEDS_REVIEW})
+# A `closed` payment is scheduled once, to tell the backend `payment.closed` (the `close` step sets it due).
+UNSCHEDULED = frozenset({State.SYNCED, State.RECONCILED, State.NEEDS_REVIEW, State.REFUNDED})
+# Columns a refund's transition may change besides state and version.
+REFUND_CHANGEABLE = frozenset({"refund_id", "succeeded_at", "next_attempt_at", "attempts", "failure"})
 # A reconciliation run still `running` after this long is taken to have died with its process.
 RUN_STALE_AFTER = dt.timedelta(hours=1)
 # How often `decide` re-reads and decides again while concurrent writers keep winning the CAS.
@@ -74,6 +79,19 @@ def transition_changes(
     values.setdefault("attempts", 0)
     if to in UNSCHEDULED:
         values["next_attempt_at"] = None
+    return values
+
+
+def refund_changes(
+    refund: models.Refund, to: RefundState, trigger: RefundTrigger, changes: Mapping[str, Any] | None
+) -> dict[str, Any]:
+    """`transition_changes` for a refund: the step checked against the refund table; attempts restart."""
+    if refund_states.TABLE.destination(refund.state, trigger) is not to:
+        raise errors.IllegalTransition(refund.state.value, trigger.value)
+    values = dict(changes or {})
+    if not REFUND_CHANGEABLE.issuperset(values):
+        raise ValueError(f"refund transition cannot change {sorted(set(values) - REFUND_CHANGEABLE)}")
+    values.setdefault("attempts", 0)
     return values
 
 
@@ -226,6 +244,65 @@ class PaymentStore(abc.ABC):
     @abc.abstractmethod
     async def get_by_transaction_id(self, transaction_id: str) -> models.Payment | None:
         """The payment WeChat paid under this transaction id, if any."""
+
+    # --- refunds ------------------------------------------------------------------------------
+    # A refund row is its own outbox, as a payment is: `next_attempt_at` says when the sweeper next re-drives it
+    # (re-submit, query, forward), and a claim leases it.
+
+    @abc.abstractmethod
+    async def create_refund(self, refund: models.Refund, *, refundable: int, source: str,
+                            detail: Mapping[str, Any]) -> tuple[models.Refund, bool]:
+        """Insert a new refund (state `created`) with its creation event, unless its out_refund_no exists:
+        then `(that refund, False)`, nothing written. Atomically with the insert, the payment's refunds that
+        still count (`refunds.COUNTED`) plus this one must stay within `refundable` fen, else
+        `RefundExceedsPayment` (nothing written). `NotFound` if the payment does not exist."""
+
+    @abc.abstractmethod
+    async def get_refund(self, out_refund_no: str) -> models.Refund | None: ...
+
+    @abc.abstractmethod
+    async def refunds_of(self, out_trade_no: str) -> list[models.Refund]:
+        """Every refund of one payment, oldest first."""
+
+    @abc.abstractmethod
+    async def transition_refund(
+        self,
+        refund: models.Refund,
+        to: RefundState,
+        trigger: RefundTrigger,
+        *,
+        source: str,
+        at: dt.datetime,
+        detail: Mapping[str, Any] | None = None,
+        changes: Mapping[str, Any] | None = None,
+        notification: models.Notification | None = None,
+    ) -> models.Refund:
+        """CAS on (state, version) with the refund's event row (and `notification`, if given) in one
+        transaction; `changes` may set REFUND_CHANGEABLE. Ends any lease. `StaleState` if the CAS lost."""
+
+    @abc.abstractmethod
+    async def reschedule_refund(self, refund: models.Refund, *, next_attempt_at: dt.datetime | None, attempts: int,
+                                at: dt.datetime, note: Note | None = None) -> models.Refund:
+        """Set a refund's next attempt (CAS on version, with `note`'s event); ends its lease."""
+
+    @abc.abstractmethod
+    async def claim_due_refunds(self, now: dt.datetime, limit: int, lease: float) -> list[models.Refund]:
+        """Lease up to `limit` refunds whose next attempt is due, oldest first (as `claim_due`)."""
+
+    @abc.abstractmethod
+    async def refund_events(self, out_refund_no: str) -> list[models.RefundEvent]:
+        """The timeline of one refund, oldest first."""
+
+    @abc.abstractmethod
+    async def count_refunds_by_state(self) -> dict[RefundState, int]: ...
+
+    @abc.abstractmethod
+    async def refunds_succeeded_between(self, start: dt.datetime, end: dt.datetime) -> list[models.Refund]:
+        """Refunds whose WeChat success time lies in [start, end), whatever their state now."""
+
+    @abc.abstractmethod
+    async def mark_refund_billed(self, out_refund_no: str, bill_date: dt.date) -> None:
+        """Remember the first bill whose REFUND line matched this refund."""
 
     # --- reconciliation -----------------------------------------------------------------------
 

@@ -31,6 +31,7 @@ from payflow.store import (
     transition_changes,
 )
 from payflow.store.postgres_group_commit import GroupWriter
+from payflow.store.postgres_refunds import PostgresRefunds
 from payflow.store.postgres_schema import migrate
 from payflow.store.postgres_writes import (
     ALL_FIELDS,
@@ -108,7 +109,9 @@ _CREATE_SQL = (f"WITH created AS (INSERT INTO payments ({', '.join(FIELDS)}) "
                f"${len(FIELDS) + 2}::text::jsonb, created_at FROM created")
 
 
-class PostgresStore(PaymentStore):
+class PostgresStore(PostgresRefunds, PaymentStore):
+    _boundary = staticmethod(_boundary)  # for PostgresRefunds, which cannot import this module
+
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
         self.writes = GroupWriter(pool)

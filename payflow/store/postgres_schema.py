@@ -9,8 +9,17 @@ import asyncpg
 
 from payflow import errors
 from payflow.states import State
+from payflow.states.refunds import RefundState
 
-STATES_SQL = ", ".join(f"'{s.value}'" for s in State)
+# The states each released migration allowed, spelled out: a released migration must not follow later changes.
+_V1_STATES_SQL = "'created', 'prepaid', 'notified', 'synced', 'reconciled', 'closed', 'needs_review'"
+_V5_STATES_SQL = _V1_STATES_SQL + ", 'refunded'"
+_V5_REFUND_STATES_SQL = "'created', 'processing', 'succeeded', 'synced', 'abnormal', 'closed', 'failed'"
+STATES_SQL = ", ".join(f"'{s.value}'" for s in State)  # as of the newest migration
+if STATES_SQL != _V5_STATES_SQL:
+    raise ImportError("a payment state was added or renamed: append a migration for its CHECK constraints")
+if ", ".join(f"'{s.value}'" for s in RefundState) != _V5_REFUND_STATES_SQL:
+    raise ImportError("a refund state was added or renamed: append a migration for its CHECK constraints")
 # One lock per database (and schema): replicas starting together migrate one after the other.
 MIGRATION_LOCK = zlib.crc32(b"payflow:migrations")
 # A function of the schema that aborts the statement calling it as a duplicate notification (migration v3).
@@ -27,7 +36,7 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             description     TEXT NOT NULL,
             openid          TEXT NOT NULL,
             attach          TEXT,
-            state           TEXT NOT NULL CHECK (state IN ({STATES_SQL})),
+            state           TEXT NOT NULL CHECK (state IN ({_V1_STATES_SQL})),
             version         INTEGER NOT NULL,
             event_id        TEXT NOT NULL UNIQUE,
             prepay_id       TEXT,
@@ -50,8 +59,8 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         CREATE TABLE order_events (
             id           BIGSERIAL PRIMARY KEY,
             out_trade_no TEXT NOT NULL REFERENCES payments (out_trade_no),
-            from_state   TEXT CHECK (from_state IN ({STATES_SQL})),
-            to_state     TEXT NOT NULL CHECK (to_state IN ({STATES_SQL})),
+            from_state   TEXT CHECK (from_state IN ({_V1_STATES_SQL})),
+            to_state     TEXT NOT NULL CHECK (to_state IN ({_V1_STATES_SQL})),
             trigger      TEXT NOT NULL,
             source       TEXT NOT NULL,
             detail       JSONB NOT NULL,
@@ -125,6 +134,56 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "ALTER TABLE payments ADD COLUMN h5_type TEXT",
         "ALTER TABLE payments ADD COLUMN pay_url TEXT",
         "CREATE INDEX payments_by_transaction_id ON payments (transaction_id) WHERE transaction_id IS NOT NULL",
+    ),
+    # v5: refunds (issue 16). A payment whose refunds reach its amount is `refunded`: the CHECKs of payments and
+    # order_events (named by PostgreSQL in v1: table_column_check) are replaced to allow it. Refunds are their
+    # own outbox, as payments are: `next_attempt_at` is when the sweeper re-drives one.
+    (
+        "ALTER TABLE payments DROP CONSTRAINT payments_state_check",
+        f"ALTER TABLE payments ADD CONSTRAINT payments_state_check CHECK (state IN ({_V5_STATES_SQL}))",
+        "ALTER TABLE order_events DROP CONSTRAINT order_events_from_state_check",
+        "ALTER TABLE order_events DROP CONSTRAINT order_events_to_state_check",
+        f"ALTER TABLE order_events ADD CONSTRAINT order_events_from_state_check "
+        f"CHECK (from_state IN ({_V5_STATES_SQL}))",
+        f"ALTER TABLE order_events ADD CONSTRAINT order_events_to_state_check CHECK (to_state IN ({_V5_STATES_SQL}))",
+        f"""
+        CREATE TABLE refunds (
+            out_refund_no   TEXT PRIMARY KEY,
+            out_trade_no    TEXT NOT NULL REFERENCES payments (out_trade_no),
+            amount          INTEGER NOT NULL CHECK (amount > 0),
+            state           TEXT NOT NULL CHECK (state IN ({_V5_REFUND_STATES_SQL})),
+            version         INTEGER NOT NULL,
+            created_at      TIMESTAMPTZ NOT NULL,
+            updated_at      TIMESTAMPTZ NOT NULL,
+            event_id        TEXT NOT NULL UNIQUE,
+            origin          TEXT NOT NULL,
+            reason          TEXT,
+            cause           TEXT,
+            refund_id       TEXT,
+            succeeded_at    TIMESTAMPTZ,
+            next_attempt_at TIMESTAMPTZ,
+            attempts        INTEGER NOT NULL DEFAULT 0,
+            lease_token     TEXT,
+            billed_on       DATE,
+            failure         TEXT
+        )
+        """,
+        "CREATE INDEX refunds_due ON refunds (next_attempt_at) WHERE next_attempt_at IS NOT NULL",
+        "CREATE INDEX refunds_by_payment ON refunds (out_trade_no, created_at)",
+        "CREATE INDEX refunds_succeeded_at ON refunds (succeeded_at) WHERE succeeded_at IS NOT NULL",
+        f"""
+        CREATE TABLE refund_events (
+            id            BIGSERIAL PRIMARY KEY,
+            out_refund_no TEXT NOT NULL REFERENCES refunds (out_refund_no),
+            from_state    TEXT CHECK (from_state IN ({_V5_REFUND_STATES_SQL})),
+            to_state      TEXT NOT NULL CHECK (to_state IN ({_V5_REFUND_STATES_SQL})),
+            trigger       TEXT NOT NULL,
+            source        TEXT NOT NULL,
+            detail        JSONB NOT NULL,
+            at            TIMESTAMPTZ NOT NULL
+        )
+        """,
+        "CREATE INDEX refund_events_by_refund ON refund_events (out_refund_no, id)",
     ),
 )
 

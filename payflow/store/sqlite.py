@@ -23,6 +23,7 @@ from payflow import errors, models
 from payflow.states import State, Trigger
 from payflow.store import RUN_STALE_AFTER, UNSCHEDULED, Decide, Decided, Note, PaymentStore, transition_changes
 from payflow.store.group_commit import GroupCommitWriter
+from payflow.store.sqlite_refunds import SqliteRefunds
 from payflow.store.sqlite_schema import (
     MIGRATIONS,
     PAYMENT_COLUMNS,
@@ -45,7 +46,7 @@ from payflow.store.sqlite_schema import (
 __all__ = ["MIGRATIONS", "SqliteStore"]
 
 
-class SqliteStore(PaymentStore):
+class SqliteStore(SqliteRefunds, PaymentStore):
     def __init__(self, path: str, writes: GroupCommitWriter, reader: aiosqlite.Connection,
                  stats: aiosqlite.Connection) -> None:
         self.path = path

@@ -14,8 +14,15 @@ import aiosqlite
 
 from payflow import errors, models
 from payflow.states import State
+from payflow.states.refunds import RefundState
 
-STATES_SQL = ", ".join(f"'{s.value}'" for s in State)
+# The states each released migration allowed, spelled out: a released migration must not follow later changes.
+_V1_STATES_SQL = "'created', 'prepaid', 'notified', 'synced', 'reconciled', 'closed', 'needs_review'"
+STATES_SQL = ", ".join(f"'{s.value}'" for s in State)  # as of the newest migration
+_V5_STATES_SQL = _V1_STATES_SQL + ", 'refunded'"
+if STATES_SQL != _V5_STATES_SQL:
+    raise ImportError("a payment state was added or renamed: append a migration for its CHECK constraints")
+REFUND_STATES_SQL = ", ".join(f"'{s.value}'" for s in RefundState)
 
 # The payments columns of schema v2, spelled out: a released migration must not follow later changes.
 _V2_COLUMNS = (
@@ -23,6 +30,9 @@ _V2_COLUMNS = (
     "prepay_id, transaction_id, paid_at, paid_amount, expires_at, next_attempt_at, attempts, lease_token, "
     "created_at, updated_at"
 )
+
+# ... and of v4 (v2's, order_released, the products' columns).
+_V4_COLUMNS = _V2_COLUMNS + ", order_released, trade_type, appid, payer_client_ip, h5_type, pay_url"
 
 # Each entry moves the schema from version i to i+1; never edit a released entry, append a new one.
 MIGRATIONS: tuple[tuple[str, ...], ...] = (
@@ -36,7 +46,7 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             description     TEXT NOT NULL,
             openid          TEXT NOT NULL,
             attach          TEXT,
-            state           TEXT NOT NULL CHECK (state IN ({STATES_SQL})),
+            state           TEXT NOT NULL CHECK (state IN ({_V1_STATES_SQL})),
             version         INTEGER NOT NULL,
             event_id        TEXT NOT NULL UNIQUE,
             prepay_id       TEXT,
@@ -57,8 +67,8 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         CREATE TABLE order_events (
             id           INTEGER PRIMARY KEY AUTOINCREMENT,
             out_trade_no TEXT NOT NULL REFERENCES payments (out_trade_no),
-            from_state   TEXT CHECK (from_state IN ({STATES_SQL})),
-            to_state     TEXT NOT NULL CHECK (to_state IN ({STATES_SQL})),
+            from_state   TEXT CHECK (from_state IN ({_V1_STATES_SQL})),
+            to_state     TEXT NOT NULL CHECK (to_state IN ({_V1_STATES_SQL})),
             trigger      TEXT NOT NULL,
             source       TEXT NOT NULL,
             detail       TEXT NOT NULL,
@@ -124,7 +134,7 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             description     TEXT NOT NULL,
             openid          TEXT NOT NULL,
             attach          TEXT,
-            state           TEXT NOT NULL CHECK (state IN ({STATES_SQL})),
+            state           TEXT NOT NULL CHECK (state IN ({_V1_STATES_SQL})),
             version         INTEGER NOT NULL,
             event_id        TEXT NOT NULL UNIQUE,
             prepay_id       TEXT,
@@ -158,6 +168,104 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "ALTER TABLE payments ADD COLUMN pay_url TEXT",
         # An operator's search by WeChat's transaction id (the console), and the bill's lines by it.
         "CREATE INDEX payments_by_transaction_id ON payments (transaction_id) WHERE transaction_id IS NOT NULL",
+    ),
+    # v5: refunds (issue 16). A payment whose refunds reach its amount is `refunded`: the CHECKs of payments and
+    # order_events are rebuilt to allow it (foreign keys off meanwhile, as for v3). Refunds are their own
+    # outbox, as payments are: `next_attempt_at` is when the sweeper re-drives one.
+    (
+        f"""
+        CREATE TABLE payments_v5 (
+            out_trade_no    TEXT PRIMARY KEY,
+            order_id        TEXT NOT NULL,
+            amount          INTEGER NOT NULL CHECK (amount > 0),
+            currency        TEXT NOT NULL,
+            description     TEXT NOT NULL,
+            openid          TEXT NOT NULL,
+            attach          TEXT,
+            state           TEXT NOT NULL CHECK (state IN ({_V5_STATES_SQL})),
+            version         INTEGER NOT NULL,
+            event_id        TEXT NOT NULL UNIQUE,
+            prepay_id       TEXT,
+            transaction_id  TEXT,
+            paid_at         TEXT,
+            paid_amount     INTEGER,
+            expires_at      TEXT NOT NULL,
+            next_attempt_at TEXT,
+            attempts        INTEGER NOT NULL DEFAULT 0,
+            lease_token     TEXT,
+            created_at      TEXT NOT NULL,
+            updated_at      TEXT NOT NULL,
+            order_released  INTEGER NOT NULL DEFAULT 0 CHECK (order_released IN (0, 1)),
+            trade_type      TEXT NOT NULL DEFAULT 'jsapi',
+            appid           TEXT,
+            payer_client_ip TEXT,
+            h5_type         TEXT,
+            pay_url         TEXT
+        )
+        """,
+        f"INSERT INTO payments_v5 ({_V4_COLUMNS}) SELECT {_V4_COLUMNS} FROM payments",
+        "DROP TABLE payments",
+        "ALTER TABLE payments_v5 RENAME TO payments",
+        "CREATE INDEX payments_due ON payments (next_attempt_at) WHERE next_attempt_at IS NOT NULL",
+        "CREATE INDEX payments_paid_at ON payments (paid_at) WHERE paid_at IS NOT NULL",
+        "CREATE UNIQUE INDEX payments_live_order_id ON payments (order_id) WHERE order_released = 0",
+        "CREATE INDEX payments_by_order_id ON payments (order_id, created_at)",
+        "CREATE INDEX payments_by_transaction_id ON payments (transaction_id) WHERE transaction_id IS NOT NULL",
+        f"""
+        CREATE TABLE order_events_v5 (
+            id           INTEGER PRIMARY KEY AUTOINCREMENT,
+            out_trade_no TEXT NOT NULL REFERENCES payments (out_trade_no),
+            from_state   TEXT CHECK (from_state IN ({_V5_STATES_SQL})),
+            to_state     TEXT NOT NULL CHECK (to_state IN ({_V5_STATES_SQL})),
+            trigger      TEXT NOT NULL,
+            source       TEXT NOT NULL,
+            detail       TEXT NOT NULL,
+            at           TEXT NOT NULL
+        )
+        """,
+        "INSERT INTO order_events_v5 (id, out_trade_no, from_state, to_state, trigger, source, detail, at) "
+        "SELECT id, out_trade_no, from_state, to_state, trigger, source, detail, at FROM order_events",
+        "DROP TABLE order_events",
+        "ALTER TABLE order_events_v5 RENAME TO order_events",
+        "CREATE INDEX order_events_by_payment ON order_events (out_trade_no, id)",
+        f"""
+        CREATE TABLE refunds (
+            out_refund_no   TEXT PRIMARY KEY,
+            out_trade_no    TEXT NOT NULL REFERENCES payments (out_trade_no),
+            amount          INTEGER NOT NULL CHECK (amount > 0),
+            state           TEXT NOT NULL CHECK (state IN ({REFUND_STATES_SQL})),
+            version         INTEGER NOT NULL,
+            created_at      TEXT NOT NULL,
+            updated_at      TEXT NOT NULL,
+            event_id        TEXT NOT NULL UNIQUE,
+            origin          TEXT NOT NULL,
+            reason          TEXT,
+            cause           TEXT,
+            refund_id       TEXT,
+            succeeded_at    TEXT,
+            next_attempt_at TEXT,
+            attempts        INTEGER NOT NULL DEFAULT 0,
+            lease_token     TEXT,
+            billed_on       TEXT,
+            failure         TEXT
+        )
+        """,
+        "CREATE INDEX refunds_due ON refunds (next_attempt_at) WHERE next_attempt_at IS NOT NULL",
+        "CREATE INDEX refunds_by_payment ON refunds (out_trade_no, created_at)",
+        "CREATE INDEX refunds_succeeded_at ON refunds (succeeded_at) WHERE succeeded_at IS NOT NULL",
+        f"""
+        CREATE TABLE refund_events (
+            id            INTEGER PRIMARY KEY AUTOINCREMENT,
+            out_refund_no TEXT NOT NULL REFERENCES refunds (out_refund_no),
+            from_state    TEXT CHECK (from_state IN ({REFUND_STATES_SQL})),
+            to_state      TEXT NOT NULL CHECK (to_state IN ({REFUND_STATES_SQL})),
+            trigger       TEXT NOT NULL,
+            source        TEXT NOT NULL,
+            detail        TEXT NOT NULL,
+            at            TEXT NOT NULL
+        )
+        """,
+        "CREATE INDEX refund_events_by_refund ON refund_events (out_refund_no, id)",
     ),
 )
 

@@ -65,6 +65,37 @@ class Transaction:
     raw: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class RefundRequest:
+    """An apply-for-refund request; resending the identical request is safe (re-entry by out_refund_no)."""
+
+    out_refund_no: str
+    out_trade_no: str
+    transaction_id: str | None
+    amount: int  # fen, this refund
+    total: int  # fen, what the order paid
+    notify_url: str | None = None
+    reason: str | None = None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class RefundAnswer:
+    """What WeChat says about one refund (apply or query answer, decrypted refund notification)."""
+
+    out_refund_no: str
+    status: str  # PROCESSING, SUCCESS, ABNORMAL, CLOSED
+    out_trade_no: str | None = None
+    refund_id: str | None = None
+    amount: int | None = None  # `amount.refund` in fen
+    total: int | None = None  # `amount.total`
+    success_time: dt.datetime | None = None
+    mchid: str | None = None
+    raw: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+REFUND_STATUSES = ("PROCESSING", "SUCCESS", "ABNORMAL", "CLOSED")
+
+
 class WechatApi(Protocol):
     """Raises `errors.WechatRetryable` when the outcome is unknown or temporary, `errors.WechatFinal` otherwise."""
 
@@ -87,4 +118,12 @@ class WechatApi(Protocol):
 
     def app_params(self, prepay_id: str, appid: str | None = None) -> dict[str, str]:
         """The signed App parameters {appid, partnerid, prepayid, package, noncestr, timestamp, sign}."""
+        ...
+
+    async def refund(self, request: RefundRequest) -> RefundAnswer:
+        """Apply for (or re-enter) a refund; the answer's status is normally PROCESSING."""
+        ...
+
+    async def query_refund(self, out_refund_no: str) -> RefundAnswer | None:
+        """The refund as WeChat sees it; None when WeChat does not know it (RESOURCE_NOT_EXISTS)."""
         ...

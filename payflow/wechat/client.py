@@ -24,7 +24,7 @@ from payflow.metrics import Metrics
 from payflow.ratelimit import Budgets, RateLimiter, Throttled
 from payflow.settings import Settings
 from payflow.wechat import crypto, failover, trust
-from payflow.wechat.api import Order, Placed, Transaction
+from payflow.wechat.api import REFUND_STATUSES, Order, Placed, RefundAnswer, RefundRequest, Transaction
 from payflow.wechat.certificates import CERTIFICATES_PATH, KeyRing
 
 log = logs.get_logger(__name__)
@@ -32,6 +32,7 @@ T = TypeVar("T")
 
 USER_AGENT = f"payflow/{__version__} (+aiohttp)"
 BILL_DOWNLOAD_PATH = "/v3/billdownload/file"
+REFUNDS_PATH = "/v3/refund/domestic/refunds"
 # After FREQUENCY_LIMITED the API that answered it rests this long, for every caller of it: WeChat counts
 # calls per second, so a quarter second stops a burst while a payer queued behind it still gets in within
 # its wait (half of PAYFLOW_WECHAT_TIMEOUT).
@@ -214,6 +215,43 @@ class WechatPayClient:
     def app_params(self, prepay_id: str, appid: str | None = None) -> dict[str, str]:
         params = crypto.app_pay_params(self._private_key, appid or self.appid, self.mchid, prepay_id)
         return {name: str(value) for name, value in params.items()}
+
+    # --- refunds ------------------------------------------------------------------------------
+
+    async def refund(self, request: RefundRequest) -> RefundAnswer:
+        """`POST /v3/refund/domestic/refunds` (docs/wechatpay-refunds.md R.1), retried with the identical bytes
+        while the outcome is unknown: WeChat refunds an out_refund_no once, however often it is asked."""
+        body: dict[str, Any] = {"out_refund_no": request.out_refund_no, "out_trade_no": request.out_trade_no}
+        if request.transaction_id is not None:
+            body["transaction_id"] = request.transaction_id
+        if request.reason is not None:
+            body["reason"] = request.reason
+        if request.notify_url is not None:
+            body["notify_url"] = request.notify_url
+        body["amount"] = {"refund": request.amount, "total": request.total, "currency": "CNY"}
+        raw = _dumps(body)
+
+        async def apply() -> RefundAnswer:
+            answer = await self._request("POST", REFUNDS_PATH, raw, endpoint="refund")
+            return self._ours(request.out_refund_no, parse_refund(answer.json()))
+
+        return await self._retrying("refund", apply)
+
+    async def query_refund(self, out_refund_no: str) -> RefundAnswer | None:
+        """`GET /v3/refund/domestic/refunds/{out_refund_no}`; None for RESOURCE_NOT_EXISTS."""
+        try:
+            answer = await self._request("GET", f"{REFUNDS_PATH}/{out_refund_no}", b"", endpoint="refund_query")
+        except errors.WechatFinal as exc:
+            if exc.status == 404 or exc.wechat_code == "RESOURCE_NOT_EXISTS":
+                return None
+            raise
+        return self._ours(out_refund_no, parse_refund(answer.json()))
+
+    def _ours(self, out_refund_no: str, answer: RefundAnswer) -> RefundAnswer:
+        if answer.out_refund_no != out_refund_no:
+            log.error("alert.query_mismatch", out_refund_no=out_refund_no, answered=answer.out_refund_no)
+            raise errors.WechatRetryable("refund: the answer names another out_refund_no")
+        return answer
 
     # --- bills --------------------------------------------------------------------------------
 
@@ -418,6 +456,34 @@ def parse_transaction(body: Mapping[str, Any]) -> Transaction:
         appid=body.get("appid"),
         raw=dict(body),
     )
+
+
+def parse_refund(body: Mapping[str, Any]) -> RefundAnswer:
+    """A refund answer (`status`) or decrypted refund notification resource (`refund_status`) → `RefundAnswer`."""
+    status = body.get("status", body.get("refund_status"))
+    out_refund_no = body.get("out_refund_no")
+    if not isinstance(status, str) or status not in REFUND_STATUSES or not isinstance(out_refund_no, str):
+        raise errors.WechatRetryable("refund lacks a known status or out_refund_no")
+    amount = body.get("amount") if isinstance(body.get("amount"), dict) else {}
+    success_time = body.get("success_time")
+    parsed_time = None
+    if isinstance(success_time, str) and success_time:
+        try:
+            parsed_time = dt.datetime.fromisoformat(success_time)
+        except ValueError:
+            raise errors.WechatRetryable(f"unreadable success_time {success_time!r}") from None
+
+    def fen(name: str) -> int | None:
+        value = amount.get(name)  # type: ignore[union-attr]
+        return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+    def text(name: str) -> str | None:
+        value = body.get(name)
+        return value if isinstance(value, str) and value else None
+
+    return RefundAnswer(out_refund_no=out_refund_no, status=status, out_trade_no=text("out_trade_no"),
+                        refund_id=text("refund_id"), amount=fen("refund"), total=fen("total"), success_time=parsed_time,
+                        mchid=text("mchid"), raw=dict(body))
 
 
 def _dumps(body: Mapping[str, Any]) -> bytes:

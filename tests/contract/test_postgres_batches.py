@@ -119,7 +119,7 @@ async def test_in_one_batch_a_stale_transition_loses_alone(store: PostgresStore)
     assert isinstance(results[1], errors.StaleState)
     assert results[0] == await store.get(fresh.out_trade_no)
     assert isinstance(results[0], models.Payment) and results[0].state is State.CLOSED
-    assert results[0].next_attempt_at is None  # closed is unscheduled
+    assert results[0].next_attempt_at == fresh.next_attempt_at  # the store keeps what the caller did not change
     assert [e.trigger for e in await store.events(moved.out_trade_no)] == ["create", "prepay", "close"]
     assert (await store.events(fresh.out_trade_no))[-1].detail == {"why": "x"}
 

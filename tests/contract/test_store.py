@@ -167,9 +167,9 @@ async def test_many_concurrent_writers_one_winner(store: PaymentStore) -> None:
 
 async def test_unscheduled_states_drop_their_schedule(store: PaymentStore) -> None:
     payment = await _prepaid(store)
-    closed = await store.transition(payment, State.CLOSED, Trigger.CLOSE, source=Source.SWEEPER, at=T0,
-                                    changes={"next_attempt_at": T0})
-    assert closed.next_attempt_at is None
+    flagged = await store.transition(payment, State.NEEDS_REVIEW, Trigger.FLAG, source=Source.SWEEPER, at=T0,
+                                     changes={"next_attempt_at": T0})
+    assert flagged.next_attempt_at is None
     assert await store.claim_due(T0 + dt.timedelta(days=1), 10, 30) == []
 
 

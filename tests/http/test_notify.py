@@ -219,7 +219,7 @@ async def test_a_late_success_never_moves_a_synced_payment_back(
     assert await sqlite_store.get(prepaid.out_trade_no) == synced
 
 
-async def test_a_refund_notification_is_kept_against_its_payment_with_an_alert(
+async def test_a_refund_notification_of_a_refund_payflow_did_not_make_is_kept_with_an_alert(
     client: TestClient, keyset: KeySet, clock: FakeClock, prepaid: Any, sqlite_store: PaymentStore
 ) -> None:
     refund = {"mchid": keyset.mchid, "out_trade_no": prepaid.out_trade_no, "transaction_id": "4200000000001",
@@ -229,10 +229,10 @@ async def test_a_refund_notification_is_kept_against_its_payment_with_an_alert(
     with structlog.testing.capture_logs() as logged:
         assert (await _post(client, keyset, clock, body)).status == 204
     note = await sqlite_store.get_notification("EV-R")
-    assert note is not None and note.out_trade_no == prepaid.out_trade_no and note.outcome == "refund_seen"
-    alerts = [e for e in logged if e["event"] == "alert.refund_notification"]
+    assert note is not None and note.out_trade_no == prepaid.out_trade_no and note.outcome == "refund_unknown"
+    alerts = [e for e in logged if e["event"] == "alert.refund_unknown"]
     assert len(alerts) == 1 and alerts[0]["out_refund_no"] == "R-1" and alerts[0]["refund_status"] == "SUCCESS"
-    assert (await sqlite_store.get(prepaid.out_trade_no)) == prepaid  # nothing applied to the payment yet
+    assert (await sqlite_store.get(prepaid.out_trade_no)) == prepaid  # a refund made elsewhere moves nothing
 
     other = wx.envelope(keyset, {**refund, "mchid": "1900000999"}, notification_id="EV-R2",
                         event_type="REFUND.SUCCESS")

@@ -149,7 +149,7 @@ def test_budgets_name_their_rates_and_fall_back_to_the_default() -> None:
     budgets = Budgets({"jsapi": 7.0}, default=3.0)
     assert budgets.limiter("jsapi").rate == 7.0
     assert budgets.limiter("query").rate == DEFAULT_BUDGETS["query"]  # a default budget stays
-    assert budgets.limiter("refund").rate == 3.0  # an API with no budget at all gets `default`
+    assert budgets.limiter("certificates").rate == 3.0  # an API with no budget at all gets `default`
     assert budgets.limiter("jsapi") is budgets.limiter("jsapi")
     shared = RateLimiter(rate=2.0)
     one = Budgets.shared(shared)

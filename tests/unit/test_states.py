@@ -26,6 +26,9 @@ EXPECTED = {
     ("closed", "flag"): "needs_review",
     ("needs_review", "requeue"): "notified",
     ("needs_review", "dismiss"): "closed",
+    ("synced", "refund"): "refunded",
+    ("reconciled", "refund"): "refunded",
+    ("needs_review", "refund"): "refunded",
 }
 
 # A payload that satisfies every guard of a trigger.
@@ -38,17 +41,18 @@ VALID_PAYLOAD = {
     "flag": {"reason": "amount_mismatch"},
     "requeue": {"note": "backend fixed"},
     "dismiss": {"note": "refunded by hand"},
+    "refund": {"refunded": 100},
 }
 
 ALL_PAIRS = list(itertools.product([s.value for s in State], [t.value for t in Trigger]))
 
 
-def test_seven_states_and_eight_triggers() -> None:
+def test_eight_states_and_nine_triggers() -> None:
     assert {s.value for s in State} == {
-        "created", "prepaid", "notified", "synced", "reconciled", "closed", "needs_review"}
+        "created", "prepaid", "notified", "synced", "reconciled", "closed", "needs_review", "refunded"}
     assert {t.value for t in Trigger} == {
-        "prepay", "pay", "sync", "reconcile", "close", "flag", "requeue", "dismiss"}
-    assert len(ALL_PAIRS) == 56
+        "prepay", "pay", "sync", "reconcile", "close", "flag", "requeue", "dismiss", "refund"}
+    assert len(ALL_PAIRS) == 72
 
 
 @pytest.mark.parametrize(("state", "trigger"), ALL_PAIRS)
@@ -110,9 +114,13 @@ def test_sources_are_read_from_the_table() -> None:
     assert states.TABLE.sources(Trigger.REQUEUE) == {State.NEEDS_REVIEW}
 
 
-def test_reconciled_is_terminal() -> None:
-    payment = factories.payment(state=State.RECONCILED)
+@pytest.mark.parametrize("state", [State.RECONCILED, State.REFUNDED])
+def test_reconciled_is_terminal_but_for_a_whole_refund_and_refunded_is_terminal(state: State) -> None:
+    payment = factories.payment(state=state)
     for trigger in Trigger:
+        if state is State.RECONCILED and trigger is Trigger.REFUND:
+            assert states.plan(payment, trigger, refunded=100) is State.REFUNDED
+            continue
         with pytest.raises(errors.IllegalTransition):
             states.plan(payment, trigger, **VALID_PAYLOAD[trigger.value])
 
@@ -131,6 +139,9 @@ def test_reconciled_is_terminal() -> None:
         ("notified", "flag", {}, "reason"),
         ("needs_review", "requeue", {"note": ""}, "note"),
         ("needs_review", "dismiss", {}, "note"),
+        ("synced", "refund", {"refunded": 99}, "partial"),
+        ("synced", "refund", {}, "integer"),
+        ("needs_review", "refund", {"refunded": "100"}, "integer"),
     ],
 )
 def test_guards_reject(state: str, trigger: str, payload: dict[str, object], reason: str) -> None:
@@ -145,10 +156,10 @@ def test_plan_accepts_database_strings_and_rejects_unknown_triggers() -> None:
     payment = factories.payment(state=State.PREPAID)
     assert states.plan(payment, "close") is State.CLOSED
     with pytest.raises(ValueError):
-        states.plan(payment, "refund")
+        states.plan(payment, "chargeback")
 
 
 def test_paid_states() -> None:
-    assert states.PAID_STATES == {State.NOTIFIED, State.SYNCED, State.RECONCILED}
+    assert states.PAID_STATES == {State.NOTIFIED, State.SYNCED, State.RECONCILED, State.REFUNDED}
     assert factories.payment(state=State.SYNCED).paid
     assert not factories.payment(state=State.NEEDS_REVIEW).paid
