@@ -42,9 +42,9 @@ class Payment:
     def paid(self) -> bool:
         return self.state in PAID_STATES
 
-    def view(self) -> dict[str, Any]:
-        """The public view of DESIGN §6.2 (`GET /v1/payments/{out_trade_no}`)."""
-        return {
+    def view(self, refunded_amount: int | None = None) -> dict[str, Any]:
+        """The public view of DESIGN §6.2 (`GET /v1/payments/{out_trade_no}`, which adds `refunded_amount`)."""
+        view = {
             "out_trade_no": self.out_trade_no,
             "order_id": self.order_id,
             "state": self.state.value,
@@ -55,6 +55,9 @@ class Payment:
             "expires_at": _iso(self.expires_at),
             "trade_type": self.trade_type,
         }
+        if refunded_amount is not None:
+            view["refunded_amount"] = refunded_amount
+        return view
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -167,6 +170,7 @@ class Refund:
             "refund_id": self.refund_id,
             "created_at": _iso(self.created_at),
             "succeeded_at": _iso(self.succeeded_at),
+            "failure": self.failure,
         }
 
 

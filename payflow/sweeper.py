@@ -1,4 +1,5 @@
-"""The sweeper: claims due payments with a lease and re-drives each (query, re-place, close, forward).
+"""The sweeper: claims due payments and refunds with a lease and re-drives each (query, re-place, close,
+forward; re-submit, query and forward a refund), and re-drives the automatic refunds.
 
 `run_once()` is one pass (tests call it); `run(stop)` repeats passes until `stop` is set.
 """
@@ -8,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import dataclasses
+import datetime as dt
 import time
 
 from payflow import logs, models, ratelimit
@@ -15,6 +17,8 @@ from payflow.ratelimit import Priority
 from payflow.service import PaymentService
 
 log = logs.get_logger(__name__)
+
+AUTO_REFUNDS_EVERY = 60.0  # seconds between re-drives of PAYFLOW_AUTO_REFUND over the parked payments
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -34,6 +38,7 @@ class Sweeper:
         self.concurrency = concurrency or settings.sweep_concurrency
         self.interval = interval if interval is not None else settings.sweep_interval
         self.lease = lease or settings.lease
+        self._auto_refunds_at: dt.datetime | None = None  # the last re-drive of automatic refunds
 
     async def run_once(self, stop: asyncio.Event | None = None) -> PassReport:
         """Claim what is due now and work it with bounded concurrency; one failure never ends the pass.
@@ -42,30 +47,55 @@ class Sweeper:
         when the lease runs out, so shutting down never waits for a whole pass.
         """
         started = time.perf_counter()
-        claimed = await self.service.store.claim_due(self.service.now(), self.batch, self.lease)
+        service = self.service
+        now = service.now()
+        claimed = await service.store.claim_due(now, self.batch, self.lease)
+        refunds = await service.store.claim_due_refunds(now, self.batch, self.lease)
         gate = asyncio.Semaphore(self.concurrency)
         outcomes: collections.Counter[str] = collections.Counter()
 
-        async def work(payment: models.Payment) -> None:
+        async def work(record: models.Payment | models.Refund) -> None:
             async with gate:
                 if stop is not None and stop.is_set():
                     outcomes["left_for_later"] += 1
                     return
                 try:
                     with ratelimit.priority(Priority.BACKGROUND):  # payers' WeChat calls go first
-                        outcomes[await self.service.sweep(payment)] += 1
+                        if isinstance(record, models.Refund):
+                            outcomes[await service.sweep_refund(record)] += 1
+                        else:
+                            outcomes[await service.sweep(record)] += 1
                 except Exception as exc:  # noqa: BLE001 — logged with context; the lease makes it due again
                     outcomes["failed"] += 1
-                    log.error("sweep.payment_failed", out_trade_no=payment.out_trade_no,
-                              state=payment.state.value, error=repr(exc), exc_info=True)
+                    log.error("sweep.record_failed", out_trade_no=record.out_trade_no,
+                              out_refund_no=getattr(record, "out_refund_no", None),
+                              state=record.state.value, error=repr(exc), exc_info=True)
 
-        await asyncio.gather(*(work(p) for p in claimed))
-        report = PassReport(len(claimed), dict(outcomes), outcomes.get("failed", 0),
+        await asyncio.gather(*(work(p) for p in claimed), *(work(r) for r in refunds))
+        if self._auto_refunds_due(now):
+            try:
+                made = await service.refunding.auto_refunds()
+            except Exception as exc:  # noqa: BLE001 — e.g. the store is briefly unavailable; next time
+                log.error("sweep.auto_refunds_failed", error=repr(exc))
+            else:
+                if made:
+                    outcomes["auto_refund"] += made
+        report = PassReport(len(claimed) + len(refunds), dict(outcomes), outcomes.get("failed", 0),
                             round(time.perf_counter() - started, 4))
         self.service.metrics.sweep_seconds.observe(report.seconds)
-        if claimed:
+        if report.claimed:
             log.info("sweep.pass_finished", claimed=report.claimed, outcomes=report.outcomes, seconds=report.seconds)
         return report
+
+    def _auto_refunds_due(self, now: dt.datetime) -> bool:
+        """The automatic refunds' re-drive reads every parked payment: once a minute at most."""
+        if not self.service.settings.auto_refund:
+            return False
+        last = self._auto_refunds_at
+        if last is not None and 0 <= (now - last).total_seconds() < AUTO_REFUNDS_EVERY:
+            return False
+        self._auto_refunds_at = now
+        return True
 
     async def run(self, stop: asyncio.Event) -> None:
         """Pass after pass until `stop` is set: at once while passes come back full, else every `interval`."""

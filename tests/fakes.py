@@ -9,7 +9,7 @@ import dataclasses
 from collections.abc import Callable
 
 from payflow import errors
-from payflow.wechat.api import Order, Placed, Transaction
+from payflow.wechat.api import Order, Placed, RefundAnswer, RefundRequest, Transaction
 
 
 @dataclasses.dataclass
@@ -19,6 +19,9 @@ class FakeWechat:
     # exception to raise.
     outcomes: list[str | Exception] = dataclasses.field(default_factory=list)
     before_answer: Callable[[], object] | None = None
+    refunds: list[RefundRequest] = dataclasses.field(default_factory=list)
+    # Each refund call pops the next scripted outcome: a status to answer, or an exception to raise.
+    refund_outcomes: list[str | Exception] = dataclasses.field(default_factory=list)
 
     async def place(self, order: Order) -> Placed:
         self.placed.append(order)
@@ -44,3 +47,14 @@ class FakeWechat:
     def pay_params(self, prepay_id: str, appid: str | None = None) -> dict[str, str]:
         return {"appId": appid or "wx-test", "timeStamp": "1700000000", "nonceStr": "n",
                 "package": f"prepay_id={prepay_id}", "signType": "RSA", "paySign": "fake-signature"}
+
+    async def refund(self, request: RefundRequest) -> RefundAnswer:
+        self.refunds.append(request)
+        outcome = self.refund_outcomes.pop(0) if self.refund_outcomes else "PROCESSING"
+        if isinstance(outcome, Exception):
+            raise outcome
+        return RefundAnswer(out_refund_no=request.out_refund_no, status=outcome, out_trade_no=request.out_trade_no,
+                            refund_id=f"5030{request.out_refund_no}", amount=request.amount, total=request.total)
+
+    async def query_refund(self, out_refund_no: str) -> RefundAnswer | None:
+        raise errors.WechatRetryable("FakeWechat.query_refund is not scripted")

@@ -35,6 +35,7 @@ _STATUS: list[tuple[type[errors.PayflowError], int]] = [
     (errors.GuardRejected, 409),
     (errors.StaleState, 409),
     (errors.Conflict, 409),
+    (errors.RefundExceedsPayment, 422),
     (errors.WechatRetryable, 503),
     (errors.WechatFinal, 502),
     (errors.StoreUnavailable, 503),
@@ -111,6 +112,11 @@ def _payflow_error(request: web.Request, exc: errors.PayflowError) -> web.Respon
     state = getattr(exc, "state", None)
     if state is not None and status == 409:
         extra["state"] = str(state)  # what the payment is now, so the operator can decide
+    if isinstance(exc, errors.RefundExceedsPayment):
+        extra["refundable"] = exc.refundable  # what is left to refund
+    refund = getattr(exc, "refund", None)
+    if refund is not None:
+        extra["out_refund_no"] = refund.out_refund_no  # stored: retry with it, or read it later
     if status >= 500:
         log.warning("request.failed", status=status, error=exc.code, message=str(exc))
     # A driver's message names hosts, ports and paths: the log has it; /readyz and WeChat get a fixed one.

@@ -16,7 +16,9 @@ from payflow.wechat.api import H5_TYPES, TRADE_TYPES
 
 Schema = dict[str, Any]
 
-STATES = ["created", "prepaid", "notified", "synced", "reconciled", "closed", "needs_review"]
+STATES = ["created", "prepaid", "notified", "synced", "reconciled", "closed", "needs_review", "refunded"]
+REFUND_STATES = ["created", "processing", "succeeded", "synced", "abnormal", "closed", "failed"]
+OUT_REFUND_NO_PATTERN = "^[0-9A-Za-z_|*@-]{1,64}$"
 SOURCES = ["api", "notify", "query", "bill", "admin", "sweeper", "backend"]
 ACTIONS = ["recheck", "resend", "requeue", "dismiss"]
 OUT_TRADE_NO_PATTERN = "^[0-9A-Za-z_-]{6,32}$"
@@ -56,13 +58,14 @@ _DATE: Schema = {"type": "string", "format": "date", "pattern": "^[0-9]{4}-[0-9]
 _AMOUNT: Schema = {"type": "integer", "minimum": 1, "maximum": 2147483647, "description": "fen (CNY cents)"}
 _OUT_TRADE_NO: Schema = {"type": "string", "minLength": 6, "maxLength": 32, "pattern": OUT_TRADE_NO_PATTERN}
 _STATE: Schema = {"type": "string", "enum": STATES}
+_OUT_REFUND_NO: Schema = {"type": "string", "minLength": 1, "maxLength": 64, "pattern": OUT_REFUND_NO_PATTERN}
 
 _PAYMENT_PROPERTIES: dict[str, Schema] = {
     "out_trade_no": _OUT_TRADE_NO,
     "order_id": {"type": "string", "minLength": 1, "maxLength": 64},
     "state": _STATE,
     "amount": _AMOUNT,
-    "paid": {"type": "boolean", "description": "true in notified, synced and reconciled"},
+    "paid": {"type": "boolean", "description": "true in notified, synced, reconciled and refunded"},
     "transaction_id": _nullable({"type": "string"}),
     "paid_at": _nullable(_DATE_TIME),
     "expires_at": _DATE_TIME,
@@ -89,8 +92,9 @@ _PAY_PARAMS = _object({
 })
 
 
-def _error(codes: list[str], *, with_state: bool = False) -> Schema:
-    """The error envelope of middlewares.api_middleware, narrowed to the codes one status can carry."""
+def _error(codes: list[str], *, with_state: bool = False, refunds: bool = False) -> Schema:
+    """The error envelope of middlewares.api_middleware, narrowed to the codes one status can carry; `refunds`:
+    with the two fields a refund's errors may add."""
     body: dict[str, Schema] = {
         "code": {"type": "string", "enum": codes},
         "message": {"type": "string"},
@@ -98,8 +102,25 @@ def _error(codes: list[str], *, with_state: bool = False) -> Schema:
         "wechat_code": {"type": "string", "description": "WeChat Pay's own error code"},
         "state": {**_STATE, "description": "the payment's current state"},
     }
-    optional = ("field", "wechat_code") if with_state else ("field", "wechat_code", "state")
+    optional: tuple[str, ...] = ("field", "wechat_code") if with_state else ("field", "wechat_code", "state")
+    if refunds:
+        body["refundable"] = {"type": "integer", "minimum": 0, "description": "fen left to refund"}
+        body["out_refund_no"] = {**_OUT_REFUND_NO, "description": "the stored refund: read it, or retry with it"}
+        optional = (*optional, "refundable", "out_refund_no")
     return _object({"error": _object(body, optional=optional)})
+
+
+_REFUND = _object({
+    "out_refund_no": _OUT_REFUND_NO,
+    "out_trade_no": _OUT_TRADE_NO,
+    "state": {"type": "string", "enum": REFUND_STATES},
+    "amount": _AMOUNT,
+    "reason": _nullable({"type": "string"}),
+    "refund_id": _nullable({"type": "string", "description": "WeChat's, once it accepted the refund"}),
+    "created_at": _DATE_TIME,
+    "succeeded_at": _nullable(_DATE_TIME),
+    "failure": _nullable({"type": "string", "description": "WeChat's code when it refused (failed) or closed it"}),
+})
 
 
 SCHEMAS: dict[str, Schema] = {
@@ -123,6 +144,21 @@ SCHEMAS: dict[str, Schema] = {
     }, optional=("trade_type", "openid", "payer_client_ip", "h5_type", "attach", "out_trade_no", "expires_in")),
     "Note": _object({"note": _text(500, "why the operator acts; kept on the event")}),
     "Payment": _object(_PAYMENT_PROPERTIES),
+    "PaymentView": _object({**_PAYMENT_PROPERTIES,
+                            "refunded_amount": {"type": "integer", "minimum": 0,
+                                                "description": "fen WeChat says were refunded"}}),
+    "NewRefund": _object({
+        "amount": _AMOUNT,
+        "reason": _nullable(_text(80, "shown to the payer; at most 80 bytes of UTF-8, no character above U+FFFF")),
+        "out_refund_no": _nullable({**_OUT_REFUND_NO, "description": "the idempotency key; chosen by payflow when "
+                                                                     "absent or null"}),
+    }, optional=("reason", "out_refund_no")),
+    "AdminRefund": _object({
+        "note": _text(500, "why the operator refunds; kept on the events"),
+        "amount": _nullable({**_AMOUNT, "description": "fen; all that is left to refund when absent or null"}),
+    }, optional=("amount",)),
+    "Refund": _REFUND,
+    "RefundList": _object({"out_trade_no": _OUT_TRADE_NO, "refunds": {"type": "array", "items": _ref("Refund")}}),
     "PayParams": _PAY_PARAMS,
     "CreatedPayment": _object({
         **_PAYMENT_PROPERTIES,
@@ -176,7 +212,8 @@ SCHEMAS: dict[str, Schema] = {
         "bill_date": _DATE,
         "out_trade_no": {"type": "string"},
         "category": {"type": "string",
-                     "enum": ["AMOUNT_MISMATCH", "PLATFORM_MISS", "BANK_MISS", "PAID_AFTER_CLOSE", "REFUND"]},
+                     "enum": ["AMOUNT_MISMATCH", "PLATFORM_MISS", "BANK_MISS", "PAID_AFTER_CLOSE", "REFUND",
+                              "REFUND_UNKNOWN", "REFUND_MISMATCH", "REFUND_MISSING"]},
         "detail": {"type": "object"},
         "found_at": _DATE_TIME,
     }),
@@ -221,6 +258,10 @@ SCHEMAS: dict[str, Schema] = {
     "InvalidRequest": _error(["invalid_request"]),
     "WechatRejected": _error(["wechat_rejected"]),
     "Unavailable": _error(["wechat_unavailable", "wechat_throttled", "store_unavailable", "not_configured"]),
+    "RefundConflict": _error(["refund_conflict", "not_refundable", "conflict"], refunds=True),
+    "RefundInvalid": _error(["invalid_request", "refund_exceeds_payment"], refunds=True),
+    "RefundUnavailable": _error(["refund_deferred", "wechat_unavailable", "wechat_throttled", "store_unavailable",
+                                 "not_configured"], refunds=True),
 }
 
 _HEADERS = {"X-Request-Id": {"$ref": "#/components/headers/RequestId"}}
@@ -283,8 +324,44 @@ PATHS: dict[str, Schema] = {
         security=_API, body="NewPayment", operationId="createPayment")},
     "/v1/payments/{out_trade_no}": {"get": _operation(
         "The payment's current view; asks WeChat first while it is prepaid (throttled)",
-        _responses({"200": _json("the payment", "Payment")}, "401", "404", "422", "503"),
+        _responses({"200": _json("the payment", "PaymentView")}, "401", "404", "422", "503"),
         security=_API, parameters=[_PATH_OUT_TRADE_NO], operationId="getPayment")},
+    "/v1/payments/{out_trade_no}/refunds": {
+        "post": _operation(
+            "Refund (part of) a paid payment: stored first, then asked of WeChat; idempotent by out_refund_no",
+            _responses({
+                "200": _json("an earlier request with this out_refund_no and the same fields made it", "Refund"),
+                "201": _json("created; normally processing (WeChat accepted it), failed when WeChat refused it",
+                             "Refund"),
+                "409": _json("the payment is not paid (`state` says what it is), or out_refund_no names a refund "
+                             "with other fields", "RefundConflict"),
+                "422": _json("a field is invalid, or refunds would sum past the paid amount (`refundable` is "
+                             "what is left)", "RefundInvalid"),
+                "503": _json("stored, but WeChat cannot be asked now: it is asked again shortly; `out_refund_no` "
+                             "names it", "RefundUnavailable"),
+            }, "400", "401", "404", "413", "415"),
+            security=_API, parameters=[_PATH_OUT_TRADE_NO], body="NewRefund", tag="refunds",
+            operationId="createRefund"),
+        "get": _operation(
+            "The payment's refunds, oldest first",
+            _responses({"200": _json("the refunds", "RefundList")}, "401", "404", "422", "503"),
+            security=_API, parameters=[_PATH_OUT_TRADE_NO], tag="refunds", operationId="paymentRefunds"),
+    },
+    "/v1/refunds/{out_refund_no}": {"get": _operation(
+        "The refund's current view; asks WeChat first while it is processing (throttled)",
+        _responses({"200": _json("the refund", "Refund")}, "401", "404", "422", "503"),
+        security=_API, tag="refunds", operationId="getRefund", parameters=[
+            {"name": "out_refund_no", "in": "path", "required": True, "schema": _OUT_REFUND_NO}])},
+    "/v1/admin/payments/{out_trade_no}/refund": {"post": _operation(
+        "An operator refunds a payment in needs_review (paid after close, backend rejected, amount mismatch): all "
+        "that is left unless `amount` says less",
+        _responses({
+            "201": _json("the refund (processing, or created when WeChat is asked again shortly)", "Refund"),
+            "409": _json("the payment is not in needs_review (`state` says what it is)", "RefundConflict"),
+            "422": _json("a field is invalid, or the amount is more than is left (`refundable`)", "RefundInvalid"),
+        }, "400", "401", "404", "413", "415", "503"),
+        security=_ADMIN, parameters=[_PATH_OUT_TRADE_NO], body="AdminRefund", tag="admin",
+        operationId="adminRefund")},
     "/v1/payments/{out_trade_no}/close": {"post": _operation(
         "The payer gave up: a final query, then close at WeChat; a paid payment stays paid",
         _responses({"200": _json("the resulting payment", "Payment")}, "401", "404", "422", "502", "503"),
@@ -371,7 +448,7 @@ SPEC: dict[str, Any] = {
                        "\"state\"?}}, except on /v1/wechat/notify, which answers WeChat's {\"code\": \"FAIL\", "
                        "\"message\"}. Every response carries X-Request-Id.",
     },
-    "tags": [{"name": "payments"}, {"name": "admin"}, {"name": "wechat"}, {"name": "ops"}],
+    "tags": [{"name": "payments"}, {"name": "refunds"}, {"name": "admin"}, {"name": "wechat"}, {"name": "ops"}],
     "paths": PATHS,
     "components": {
         "schemas": SCHEMAS,

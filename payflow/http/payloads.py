@@ -12,7 +12,7 @@ from typing import Any
 from aiohttp import web
 
 from payflow import errors
-from payflow.service import STUCK, NewPayment
+from payflow.service import STUCK, NewPayment, NewRefund
 from payflow.states import State
 from payflow.wechat.api import H5_TYPES, TRADE_TYPES
 
@@ -177,6 +177,40 @@ def new_payment(body: dict[str, Any]) -> NewPayment:
         payer_client_ip=_client_ip(body) if "payer_client_ip" in needed else None,
         h5_type=_choice(body, "h5_type", H5_TYPES) if "h5_type" in needed else None,
     )
+
+
+_NEW_REFUND_FIELDS = {"amount", "reason", "out_refund_no"}
+OUT_REFUND_NO = re.compile(r"^[0-9A-Za-z_\-|*@]{1,64}$")  # WeChat's
+
+
+def new_refund(out_trade_no: str, body: dict[str, Any]) -> NewRefund:
+    """`POST /v1/payments/{out_trade_no}/refunds`."""
+    unknown = sorted(set(body) - _NEW_REFUND_FIELDS)
+    if unknown:
+        raise errors.InvalidRequest(f"unknown field(s): {', '.join(unknown)}", field=unknown[0])
+    amount = _integer(body, "amount", low=1, high=2**31 - 1)
+    assert amount is not None
+    refund_no = _text(body, "out_refund_no", max_bytes=64)
+    if refund_no is not None:
+        out_refund_no(refund_no)
+    # WeChat's reason is string(80) and shown to the payer.
+    return NewRefund(out_trade_no, amount, reason=_text(body, "reason", max_bytes=80, wechat=True),
+                     out_refund_no=refund_no)
+
+
+def admin_refund(body: dict[str, Any]) -> tuple[str, int | None]:
+    """`POST /v1/admin/payments/{out_trade_no}/refund`: (note, amount or None for all that is left)."""
+    unknown = sorted(set(body) - {"note", "amount"})
+    if unknown:
+        raise errors.InvalidRequest(f"unknown field(s): {', '.join(unknown)}", field=unknown[0])
+    amount = _integer(body, "amount", low=1, high=2**31 - 1, required=False)
+    return note({"note": body.get("note")}), amount
+
+
+def out_refund_no(value: str) -> str:
+    if not OUT_REFUND_NO.match(value):
+        raise errors.InvalidRequest("out_refund_no must be 1-64 characters of [0-9A-Za-z_-|*@]", field="out_refund_no")
+    return value
 
 
 def _client_ip(body: dict[str, Any]) -> str:

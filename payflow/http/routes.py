@@ -22,8 +22,41 @@ async def create_payment(request: web.Request) -> web.Response:
 @requires("api")
 async def get_payment(request: web.Request) -> web.Response:
     out_trade_no = payloads.out_trade_no(request.match_info["out_trade_no"])
-    payment = await request.app[keys.SERVICE].view_payment(out_trade_no)
-    return web.json_response(payment.view())
+    service = request.app[keys.SERVICE]
+    payment = await service.view_payment(out_trade_no)
+    # An unpaid payment has refunded nothing: the payer's polls read no refunds.
+    refunded = await service.refunding.refunded_amount(out_trade_no) if payment.paid else 0
+    return web.json_response(payment.view(refunded))
+
+
+@requires("api")
+async def create_refund(request: web.Request) -> web.Response:
+    out_trade_no = payloads.out_trade_no(request.match_info["out_trade_no"])
+    new = payloads.new_refund(out_trade_no, await payloads.read_json_object(request))
+    refund, created = await request.app[keys.SERVICE].create_refund(new)
+    return web.json_response(refund.view(), status=201 if created else 200)
+
+
+@requires("api")
+async def get_refund(request: web.Request) -> web.Response:
+    out_refund_no = payloads.out_refund_no(request.match_info["out_refund_no"])
+    refund = await request.app[keys.SERVICE].view_refund(out_refund_no)
+    return web.json_response(refund.view())
+
+
+@requires("api")
+async def payment_refunds(request: web.Request) -> web.Response:
+    out_trade_no = payloads.out_trade_no(request.match_info["out_trade_no"])
+    found = await request.app[keys.SERVICE].refunds_of(out_trade_no)
+    return web.json_response({"out_trade_no": out_trade_no, "refunds": [r.view() for r in found]})
+
+
+@requires("admin")
+async def admin_refund(request: web.Request) -> web.Response:
+    out_trade_no = payloads.out_trade_no(request.match_info["out_trade_no"])
+    note, amount = payloads.admin_refund(await payloads.read_json_object(request))
+    refund = await request.app[keys.SERVICE].admin_refund(out_trade_no, note=note, amount=amount)
+    return web.json_response(refund.view(), status=201)
 
 
 @requires("api")
@@ -97,6 +130,10 @@ def setup(app: web.Application) -> None:
     app.router.add_get("/v1/payments/{out_trade_no}", get_payment)
     app.router.add_post("/v1/payments/{out_trade_no}/close", close_payment)
     app.router.add_get("/v1/payments/{out_trade_no}/events", payment_events)
+    app.router.add_post("/v1/payments/{out_trade_no}/refunds", create_refund)
+    app.router.add_get("/v1/payments/{out_trade_no}/refunds", payment_refunds)
+    app.router.add_get("/v1/refunds/{out_refund_no}", get_refund)
+    app.router.add_post("/v1/admin/payments/{out_trade_no}/refund", admin_refund)
     app.router.add_get("/v1/admin/discrepancies", discrepancies)
     app.router.add_get("/v1/admin/payments", list_payments)
     app.router.add_post("/v1/admin/payments/{out_trade_no}/{action:recheck|resend|requeue|dismiss}", payment_action)

@@ -15,7 +15,17 @@ from payflow import devkeys, logs, signing
 from payflow.clock import Clock, SystemClock
 from simulator.backend.appkeys import CLOCK, FAULTS, LEDGER, SECRET
 from simulator.backend.faults import BackendFaults, FaultInjector, FaultPlanError, Sleep
-from simulator.backend.ledger import Decision, InvalidInput, Ledger, LedgerError, Outcome, PaidEvent, text_field
+from simulator.backend.ledger import (
+    Decision,
+    InvalidInput,
+    Ledger,
+    LedgerError,
+    OtherEvent,
+    Outcome,
+    PaidEvent,
+    event_type,
+    text_field,
+)
 
 log = logs.get_logger(__name__)
 
@@ -70,7 +80,17 @@ async def _receive_event(request: web.Request) -> web.StreamResponse:
         log.warning("paid_event.signature_rejected", reason=str(exc))
         raise _HttpError(401, "INVALID_SIGNATURE", str(exc)) from None
     try:
-        event = PaidEvent.parse(json.loads(raw), request.headers.get(signing.IDEMPOTENCY_HEADER))
+        data = json.loads(raw)
+        kind = event_type(data)
+        key = request.headers.get(signing.IDEMPOTENCY_HEADER)
+        if kind != "payment.paid":
+            other = OtherEvent.parse(data, key)
+            order = ledger.receive_other(other)
+            log.info("event.received", type=kind, event_id=other.event_id, order_id=order.order_id,
+                     out_refund_no=other.out_refund_no)
+            return web.json_response({"result": "received", "type": kind, "event_id": other.event_id,
+                                      "order_id": order.order_id})
+        event = PaidEvent.parse(data, key)
     except (ValueError, InvalidInput) as exc:
         ledger.malformed_events += 1
         field = exc.field if isinstance(exc, InvalidInput) else "body"

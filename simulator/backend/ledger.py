@@ -58,6 +58,42 @@ class PaidEvent:
         return cls(amount=amount, attach=attach, **values)
 
 
+EVENT_TYPES = ("payment.paid", "payment.closed", "refund.succeeded", "refund.failed")
+
+
+@dataclasses.dataclass(frozen=True)
+class OtherEvent:
+    """`payment.closed`, `refund.succeeded` or `refund.failed`: what the ledger keeps of one."""
+
+    type: str
+    event_id: str
+    out_trade_no: str
+    order_id: str
+    out_refund_no: str | None = None
+    amount: int | None = None
+
+    @classmethod
+    def parse(cls, data: dict[str, Any], idempotency_key: str | None) -> OtherEvent:
+        values = {name: text_field(data, name) for name in ("type", "event_id", "out_trade_no", "order_id")}
+        amount = data.get("amount")
+        if isinstance(amount, bool) or not isinstance(amount, int) or amount < 1:
+            raise InvalidInput("amount", f"must be an integer number of fen >= 1, got {amount!r}")
+        out_refund_no = text_field(data, "out_refund_no") if values["type"].startswith("refund.") else None
+        if idempotency_key != values["event_id"]:
+            raise InvalidInput(signing.IDEMPOTENCY_HEADER, f"must equal event_id, got {idempotency_key!r}")
+        return cls(out_refund_no=out_refund_no, amount=amount, **values)
+
+
+def event_type(data: Any) -> str:
+    """The event's `type` (payflow before refunds sent none: a paid event)."""
+    if not isinstance(data, dict):
+        raise InvalidInput("body", "must be a JSON object")
+    kind = data.get("type", "payment.paid")
+    if kind not in EVENT_TYPES:
+        raise InvalidInput("type", f"must be one of {', '.join(EVENT_TYPES)}, got {kind!r}")
+    return str(kind)
+
+
 @dataclasses.dataclass
 class Order:
     order_id: str
@@ -74,10 +110,19 @@ class Order:
     paid_amount: int | None = None
     paid_at: str | None = None
     first_paid_at: dt.datetime | None = None
+    closed_events: list[str] = dataclasses.field(default_factory=list)  # distinct event ids of payment.closed
+    refunds: dict[str, int] = dataclasses.field(default_factory=dict)  # out_refund_no → amount, refund.succeeded
+    failed_refunds: list[str] = dataclasses.field(default_factory=list)  # out_refund_no of refund.failed
+    other_events_received: int = 0  # deliveries of the three, duplicates included
+
+    @property
+    def refunded_amount(self) -> int:
+        return sum(self.refunds.values())
 
     def to_json(self) -> dict[str, Any]:
         body = dataclasses.asdict(self)
         body["first_paid_at"] = self.first_paid_at.isoformat() if self.first_paid_at else None
+        body["refunded_amount"] = self.refunded_amount
         return body
 
 
@@ -160,6 +205,25 @@ class Ledger:
             self._by_event.setdefault(event.event_id, order.order_id)
         return decision
 
+    def receive_other(self, event: OtherEvent) -> Order:
+        """payment.closed, refund.succeeded, refund.failed: kept once per event id, whatever the order's status
+        (a cancelled order is exactly the one whose refund the backend waits for)."""
+        order = self.orders.get(event.order_id)
+        if order is None:
+            order = Order(event.order_id, event.out_trade_no, amount=None, registered=False)
+            self._add(order)
+        order.other_events_received += 1
+        if event.type == "payment.closed":
+            if event.event_id not in order.closed_events:
+                order.closed_events.append(event.event_id)
+        elif event.type == "refund.succeeded":
+            assert event.out_refund_no is not None and event.amount is not None
+            order.refunds[event.out_refund_no] = event.amount
+        elif event.out_refund_no not in order.failed_refunds:
+            assert event.out_refund_no is not None
+            order.failed_refunds.append(event.out_refund_no)
+        return order
+
     def _judge(self, order: Order, event: PaidEvent) -> Decision:
         if order.order_id != event.order_id:
             return Decision(Outcome.ORDER_MISMATCH, order, expected=order.order_id)
@@ -195,6 +259,10 @@ class Ledger:
             "rejected_events": sum(o.rejected_events for o in orders),
             "rejected_signatures": self.rejected_signatures,
             "malformed_events": self.malformed_events,
+            "closed_orders": sum(bool(o.closed_events) for o in orders),
+            "refunds": sum(len(o.refunds) for o in orders),
+            "refunded_amount": sum(o.refunded_amount for o in orders),
+            "failed_refunds": sum(len(o.failed_refunds) for o in orders),
         }
 
 

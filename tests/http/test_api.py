@@ -42,8 +42,9 @@ async def test_create_then_get(client: TestClient) -> None:
     response = await client.get(f"/v1/payments/{created['out_trade_no']}", headers=API)
     assert response.status == 200
     view = await response.json()
-    assert view == {k: created[k] for k in ("out_trade_no", "order_id", "state", "amount", "paid",
-                                            "transaction_id", "paid_at", "expires_at", "trade_type")}
+    assert view == {**{k: created[k] for k in ("out_trade_no", "order_id", "state", "amount", "paid",
+                                               "transaction_id", "paid_at", "expires_at", "trade_type")},
+                    "refunded_amount": 0}
 
 
 async def test_idempotent_create_and_conflict(client: TestClient) -> None:

@@ -32,7 +32,7 @@ EVENTS = "/v1/events"
 ORDER_KEYS = {
     "order_id", "out_trade_no", "amount", "status", "registered", "paid_events_received", "duplicates",
     "rejected_events", "event_ids", "applied_event_id", "transaction_id", "paid_amount", "paid_at",
-    "first_paid_at",
+    "first_paid_at", "closed_events", "refunds", "failed_refunds", "other_events_received", "refunded_amount",
 }
 
 
@@ -322,6 +322,7 @@ async def test_the_orders_listing_shows_every_order_and_the_totals(sim: Sim) -> 
     assert listing["totals"] == {
         "orders": 4, "registered": 3, "pending": 1, "paid": 2, "cancelled": 1, "paid_events_received": 3,
         "duplicates": 1, "rejected_events": 0, "rejected_signatures": 1, "malformed_events": 0,
+        "closed_orders": 0, "refunds": 0, "refunded_amount": 0, "failed_refunds": 0,
         "faults": {"outage": 0, "error": 0, "delayed": 0, "stall": 0, "lost_answer": 0},
     }
     one = await _json(await sim.client.get("/sim/v1/orders/order-4"), 200)
