@@ -146,11 +146,12 @@ class Refunding:
                                                                                "wechat_code": exc.wechat_code})
                 log.error("alert.refund_refused", out_trade_no=refund.out_trade_no, wechat_code=exc.wechat_code,
                           error=str(exc))
-                return await self._move(refund, RefundTrigger.FAIL, source, payload={"code": exc.wechat_code or
-                                                                                       f"HTTP_{exc.status}"},
-                                        detail={"message": str(exc)},
-                                        changes={"failure": exc.wechat_code or f"HTTP_{exc.status}",
-                                                 "next_attempt_at": core.now()})
+                code = exc.wechat_code or f"HTTP_{exc.status}"
+                failed = await self._move(refund, RefundTrigger.FAIL, source, payload={"code": code},
+                                          detail={"message": str(exc)},
+                                          changes={"failure": code, "next_attempt_at": core.now() + dt.timedelta(
+                                              seconds=core.settings.lease)})
+                return await self._tell(failed, source)
             except (errors.WechatRetryable, errors.NotConfigured) as exc:
                 log.info("refund.submit_failed", error=str(exc))
                 return await self._later(refund, "submit_failed", source, {"error": str(exc)})
@@ -188,7 +189,7 @@ class Refunding:
         elif trigger is RefundTrigger.ABNORMAL:
             changes["next_attempt_at"] = core.after(REFUND_QUERY_AFTER)
         elif trigger is RefundTrigger.CLOSE:
-            changes |= {"failure": "CLOSED", "next_attempt_at": now}
+            changes |= {"failure": "CLOSED", "next_attempt_at": now + dt.timedelta(seconds=core.settings.lease)}
         detail = {"status": answer.status, "success_time": _iso(answer.success_time)}
         try:
             moved = await self._move(refund, trigger, source, payload=payload, detail=detail, changes=changes,
@@ -199,11 +200,9 @@ class Refunding:
             raise errors.WechatRetryable(f"WeChat's refund answer cannot be applied: {exc.reason}") from None
         if moved.state is RefundState.SUCCEEDED:
             await self.settle_payment(moved.out_trade_no)
-            if source in (Source.NOTIFY, Source.API):
-                # WeChat (or the caller) waits for this answer: the backend is told in the background.
-                core.spawn(self._forward_quietly(moved), name="refund-forward")
-            else:
-                moved = await self.forward(moved)
+            moved = await self._tell(moved, source)
+        elif moved.state is RefundState.CLOSED:
+            moved = await self._tell(moved, source)
         elif moved.state is RefundState.ABNORMAL:
             log.error("alert.refund_abnormal", out_trade_no=moved.out_trade_no, out_refund_no=moved.out_refund_no,
                       refund_id=moved.refund_id)
@@ -307,6 +306,14 @@ class Refunding:
         # Told (a failed refund), or never to be told (rejected, exhausted): nothing more is scheduled.
         return await self._reschedule(refund, None, tried.failures,
                                       note=Note(f"event_{tried.verdict}", Source.BACKEND, tried.detail))
+
+    async def _tell(self, refund: models.Refund, source: Source) -> models.Refund:
+        """Forward a refund that just reached an outcome: in the background when WeChat or a caller waits for
+        this answer (the refund's lease keeps the sweeper off it meanwhile), else now."""
+        if source in (Source.NOTIFY, Source.API, Source.ADMIN):
+            self.core.spawn(self._forward_quietly(refund), name="refund-forward")
+            return refund
+        return await self.forward(refund)
 
     async def _forward_quietly(self, refund: models.Refund) -> None:
         try:
