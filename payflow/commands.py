@@ -117,25 +117,67 @@ def inspect(environ: Mapping[str, str], out_trade_no: str, *, as_json: bool) -> 
     if found is None:
         return _fail(f"no payment with out_trade_no {out_trade_no!r} in {logs.redact_url(settings.database_url)}",
                      command="inspect")
-    payment, events = found
+    payment, events, refunds = found
     if as_json:
         body = {"payment": {**payment.view(), "attempts": payment.attempts, "event_id": payment.event_id,
                             "next_attempt_at": payment.next_attempt_at.isoformat() if payment.next_attempt_at else None,
                             "created_at": payment.created_at.isoformat()},
-                "events": [e.view() for e in events]}
+                "events": [e.view() for e in events],
+                "refunds": [{**refund.view(), "origin": refund.origin, "cause": refund.cause,
+                             "attempts": refund.attempts, "next_attempt_at": _iso(refund.next_attempt_at),
+                             "events": [e.view() for e in refund_events]} for refund, refund_events in refunds]}
         print(json.dumps(body, indent=2, ensure_ascii=False))
     else:
         print(render_timeline(payment, events))
+        for refund, refund_events in refunds:
+            print()
+            print(render_refund(refund, refund_events))
     return 0
 
 
-async def _inspect(settings: Settings, out_trade_no: str) -> tuple[models.Payment, list[models.Event]] | None:
+Inspected = tuple[models.Payment, list[models.Event], list[tuple[models.Refund, list[models.RefundEvent]]]]
+
+
+async def _inspect(settings: Settings, out_trade_no: str) -> Inspected | None:
     store = await open_store(settings.database_url)
     try:
         payment = await store.get(out_trade_no)
-        return None if payment is None else (payment, await store.events(out_trade_no))
+        if payment is None:
+            return None
+        refunds = [(refund, await store.refund_events(refund.out_refund_no))
+                   for refund in await store.refunds_of(out_trade_no)]
+        return payment, await store.events(out_trade_no), refunds
     finally:
         await store.close()
+
+
+def render_refund(refund: models.Refund, events: list[models.RefundEvent]) -> str:
+    """One refund beside the payment's timeline: its facts, then its own timeline."""
+    lines = [
+        f"  refund {refund.out_refund_no} · {refund.amount / 100:.2f} ({refund.amount} fen) · {refund.state.value}"
+        f" · {refund.origin}" + (f" ({refund.cause})" if refund.cause else ""),
+        f"    WeChat refund {refund.refund_id or '—'} · succeeded at {_when(refund.succeeded_at)}"
+        + (f" · failure {refund.failure}" if refund.failure else ""),
+        f"    next attempt {_when(refund.next_attempt_at)} · attempts so far {refund.attempts}",
+    ]
+    lines += _table([(_when(e.at), f"{e.from_state.value if e.from_state else '—'} → {e.to_state.value}", e.trigger,
+                      e.source, _detail(e.detail)) for e in events], indent="    ")
+    return "\n".join(lines)
+
+
+def _detail(detail: Mapping[str, object]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in detail.items() if v is not None)
+
+
+def _table(rows: list[tuple[str, str, str, str, str]], *, indent: str) -> list[str]:
+    header = ("time", "from → to", "trigger", "source", "detail")
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(4)]
+    return [indent + "  ".join(str(row[i]).ljust(widths[i]) for i in range(4)) + "  " + row[4]
+            for row in [header, *rows]]
+
+
+def _iso(moment: dt.datetime | None) -> str | None:
+    return moment.isoformat() if moment is not None else None
 
 
 def render_timeline(payment: models.Payment, events: list[models.Event]) -> str:
@@ -148,12 +190,8 @@ def render_timeline(payment: models.Payment, events: list[models.Event]) -> str:
         + (" · leased by a worker" if payment.lease_token else ""),
         "",
     ]
-    rows = [(_when(e.at), f"{e.from_state.value if e.from_state else '—'} → {e.to_state.value}", e.trigger, e.source,
-             ", ".join(f"{k}={v}" for k, v in e.detail.items() if v is not None)) for e in events]
-    header = ("time", "from → to", "trigger", "source", "detail")
-    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(4)]
-    for row in [header, *rows]:
-        lines.append("  " + "  ".join(str(row[i]).ljust(widths[i]) for i in range(4)) + "  " + row[4])
+    lines += _table([(_when(e.at), f"{e.from_state.value if e.from_state else '—'} → {e.to_state.value}", e.trigger,
+                      e.source, _detail(e.detail)) for e in events], indent="  ")
     return "\n".join(lines)
 
 

@@ -48,3 +48,24 @@ async def test_unknown_payment_and_bad_settings(service: PaymentService) -> None
     assert result.returncode == 2 and "NOPE000001" in result.stderr and "Traceback" not in result.stderr
     result = _inspect("mysql://x", "NOPE000001")
     assert result.returncode == 2 and "PAYFLOW_DATABASE_URL" in result.stderr
+
+
+async def test_refunds_are_shown_beside_the_timeline(service: PaymentService, wechat: FakeWechat) -> None:
+    from payflow.service import NewRefund
+
+    created = await service.create_payment(NewPayment("order-1", 1999, "Beans", "oPayer"))
+    paid = await service.core.apply(created.payment, Trigger.PAY, source=Source.QUERY,
+                                    payload={"amount": 1999, "transaction_id": "4200000001"},
+                                    changes={"transaction_id": "4200000001", "paid_amount": 1999})
+    await service.core.apply(paid, Trigger.SYNC, source=Source.BACKEND)
+    await service.create_refund(NewRefund(paid.out_trade_no, 500, reason="damaged", out_refund_no="R-1"))
+    url = service.settings.database_url
+    result = _inspect(url, paid.out_trade_no)
+    assert result.returncode == 0, result.stderr
+    text = result.stdout
+    assert "refund R-1 · 5.00 (500 fen) · processing · api" in text
+    assert "WeChat refund 5030R-1" in text and "created → processing" in text and "accept" in text
+    body = json.loads(_inspect(url, paid.out_trade_no, "--json").stdout)
+    [refund] = body["refunds"]
+    assert refund["out_refund_no"] == "R-1" and refund["state"] == "processing" and refund["origin"] == "api"
+    assert [e["trigger"] for e in refund["events"]] == ["create", "accept"]
