@@ -245,3 +245,15 @@ def test_help_text_gives_each_default_or_says_required() -> None:
         assert words.startswith(f"{v.name} ") and "`" not in words
         default = v.shown_default or v.default
         assert words.endswith("(required)" if v.required else f"(default: {default})"), v.name
+
+
+def test_refund_variables() -> None:
+    s = settings.Settings.from_env({"PAYFLOW_AUTO_REFUND": " backend_rejected, paid_after_close ",
+                                    "PAYFLOW_REFUND_QUERY_SCHEDULE": "10s,1m"})
+    assert s.auto_refund == {"backend_rejected", "paid_after_close"} and s.refund_query_schedule == (10.0, 60.0)
+    assert settings.Settings().auto_refund == frozenset()
+    assert settings.Settings().refund_query_schedule == (60.0, 300.0, 1800.0, 3600.0)
+    with pytest.raises(errors.SettingsError, match="PAYFLOW_AUTO_REFUND: refund_seen is not one of"):
+        settings.Settings.from_env({"PAYFLOW_AUTO_REFUND": "backend_rejected,refund_seen"})
+    with pytest.raises(errors.SettingsError, match="PAYFLOW_REFUND_QUERY_SCHEDULE"):
+        settings.Settings.from_env({"PAYFLOW_REFUND_QUERY_SCHEDULE": "soon"})
