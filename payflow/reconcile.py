@@ -15,7 +15,8 @@ from payflow.clock import SHANGHAI
 from payflow.ratelimit import Priority
 from payflow.service import PaymentService
 from payflow.states import Source, State
-from payflow.wechat.api import Transaction
+from payflow.states import refunds as refund_states
+from payflow.wechat.api import RefundAnswer, Transaction
 from payflow.wechat.bill import BillFormatError, BillLine, parse_trade_bill
 from payflow.wechat.client import BillInfo
 
@@ -105,27 +106,25 @@ class Reconciler:
     async def _match(self, bill_date: dt.date, lines: tuple[BillLine, ...]) -> dict[str, int]:
         counts: collections.Counter[str] = collections.Counter(lines=len(lines))
         successes = [line for line in lines if line.trade_state == "SUCCESS"]
-        refunded = {line.out_trade_no for line in lines if line.trade_state == "REFUND"}
         await self.store.mark_billed(bill_date, [line.out_trade_no for line in successes])
+        # REFUND lines first: a refund the bill heals settles its payment (`refunded`) before the payment's SUCCESS
+        # line is matched, and one payflow never asked for parks its payment before that line could reconcile it.
+        for line in lines:
+            if line.trade_state == "REFUND":
+                counts[await self._refund(bill_date, line)] += 1
         gate = asyncio.Semaphore(MATCH_CONCURRENCY)
 
         async def match(line: BillLine) -> None:
-            # A payment refunded the same day is not settled business: its REFUND line decides it below.
-            if line.out_trade_no in refunded:
-                counts["refunded"] += 1
-                return
             async with gate:
                 counts[await self._success(bill_date, line)] += 1
 
         # Lines are independent (one payment each); matching them concurrently lets their transitions
         # share commits instead of paying one fsync per line.
         await asyncio.gather(*(match(line) for line in successes))
-        for line in lines:
-            if line.trade_state == "REFUND":
-                counts[await self._refund(bill_date, line)] += 1
         held, missing = await self._unbilled(bill_date)
         counts["held_for_next_bills"] = held
         counts["bank_miss"] = missing
+        counts["refund_missing"] = await self._unbilled_refunds(bill_date)
         return dict(counts)
 
     async def _success(self, bill_date: dt.date, line: BillLine) -> str:
@@ -137,6 +136,8 @@ class Reconciler:
             return "platform_miss"
         if payment.state is State.RECONCILED:
             return "already_reconciled"
+        if payment.state is State.REFUNDED:
+            return "refunded"  # paid, then refunded in full: settled business, nothing left to decide
         if line.order_amount != payment.amount:
             direction = "over" if line.order_amount > payment.amount else "short"
             detail = {**facts, "expected_amount": payment.amount, "direction": direction}
@@ -146,6 +147,7 @@ class Reconciler:
             return "amount_mismatch"
         if payment.state is State.SYNCED:
             await self.service.mark_reconciled(payment, line.order_amount, facts)
+            await self._settle(payment.out_trade_no)
             return "reconciled"
         if payment.state in (State.CREATED, State.PREPAID, State.CLOSED):
             # The bill is the final word: a payment whose notification and queries were all lost heals here.
@@ -158,15 +160,53 @@ class Reconciler:
         return "in_review"
 
     async def _refund(self, bill_date: dt.date, line: BillLine) -> str:
-        payment = await self.store.get(line.out_trade_no)
-        detail = {"refund_id": line.refund_id, "refund_amount": line.refund_amount,
-                  "transaction_id": line.transaction_id}
-        if payment is not None and payment.state is State.NEEDS_REVIEW:
-            return "refund_explained"  # a person is already looking at it
-        await self._discrepancy(bill_date, line.out_trade_no, "REFUND", detail)
-        if payment is not None:
-            await self.service.flag(payment, "refund_seen", Source.BILL, detail)
-        return "refund"
+        """Match a REFUND line to the refund record of its out_refund_no; heal a refund whose news was lost."""
+        refund = await self.store.get_refund(line.out_refund_no)
+        facts = {"out_refund_no": line.out_refund_no, "refund_id": line.refund_id,
+                 "refund_amount": line.refund_amount, "refund_status": line.refund_status,
+                 "transaction_id": line.transaction_id}
+        if refund is None:
+            # Made outside payflow (the merchant platform, say): nobody here asked for this money to leave.
+            await self._discrepancy(bill_date, line.out_trade_no, "REFUND_UNKNOWN", facts)
+            payment = await self.store.get(line.out_trade_no)
+            if payment is not None:
+                await self.service.flag(payment, "refund_seen", Source.BILL, facts)
+            return "refund_unknown"
+        wrong = [name for name, ours, theirs in (("out_trade_no", refund.out_trade_no, line.out_trade_no),
+                                                 ("amount", refund.amount, line.refund_amount)) if ours != theirs]
+        if refund.refund_id is not None and refund.refund_id != line.refund_id:
+            wrong.insert(1, "refund_id")  # one WeChat has not named yet (still `created`) is named by the bill
+        if not wrong and refund.state in refund_states.UNREFUNDED and line.refund_status == "SUCCESS":
+            wrong = ["state"]  # payflow (and the backend) hold it as not refunded; WeChat refunded it
+        if wrong:
+            await self._discrepancy(bill_date, line.out_trade_no, "REFUND_MISMATCH", {
+                **facts, "mismatched": wrong, "expected_out_trade_no": refund.out_trade_no,
+                "expected_refund_id": refund.refund_id, "expected_amount": refund.amount,
+                "state": refund.state.value})
+            return "refund_mismatch"
+        await self.store.mark_refund_billed(refund.out_refund_no, bill_date)
+        if refund.state in refund_states.REFUNDED or line.refund_status != "SUCCESS":
+            return "refund_matched"
+        # The bill is the final word here too: a refund whose notification and queries were all lost heals.
+        answer = RefundAnswer(out_refund_no=refund.out_refund_no, status="SUCCESS", out_trade_no=line.out_trade_no,
+                              refund_id=line.refund_id, amount=line.refund_amount, success_time=line.trade_time)
+        try:
+            healed = await self.service.refunding.apply_answer(refund, answer, Source.BILL)
+        except errors.StoreUnavailable:
+            raise  # the run fails and a re-run heals it
+        except errors.PayflowError as exc:
+            log.error("reconcile.refund_heal_failed", out_refund_no=refund.out_refund_no, error=str(exc))
+            return "refund_heal_failed"
+        return "refund_healed" if healed.state in refund_states.REFUNDED else "refund_matched"
+
+    async def _settle(self, out_trade_no: str) -> None:
+        """A reconciled payment whose refunds reached its amount becomes `refunded`."""
+        try:
+            await self.service.refunding.settle_payment(out_trade_no)
+        except errors.StoreUnavailable:
+            raise
+        except errors.PayflowError as exc:  # e.g. a concurrent writer won: the refund path settles it
+            log.warning("reconcile.settle_failed", out_trade_no=out_trade_no, error=str(exc))
 
     async def _unbilled(self, bill_date: dt.date) -> tuple[int, int]:
         """Payments paid locally but in no bill: held while a later bill may still list them, then BANK_MISS."""
@@ -183,6 +223,17 @@ class Reconciler:
                 "paid_day": old_day.isoformat(), "transaction_id": payment.transaction_id,
                 "amount": payment.paid_amount})
         return held, len(missing)
+
+    async def _unbilled_refunds(self, bill_date: dt.date) -> int:
+        """Refunds that succeeded BANK_MISS_AFTER_DAYS before `bill_date` and that no bill listed: REFUND_MISSING."""
+        old_day = bill_date - dt.timedelta(days=BANK_MISS_AFTER_DAYS)
+        start, end = day_bounds(old_day)
+        missing = [r for r in await self.store.refunds_succeeded_between(start, end) if r.billed_on is None]
+        for refund in missing:
+            await self._discrepancy(bill_date, refund.out_trade_no, "REFUND_MISSING", {
+                "out_refund_no": refund.out_refund_no, "refund_id": refund.refund_id, "amount": refund.amount,
+                "succeeded_day": old_day.isoformat()})
+        return len(missing)
 
     async def _discrepancy(self, bill_date: dt.date, out_trade_no: str, category: str, detail: dict[str, Any]) -> None:
         new = await self.store.add_discrepancy(models.Discrepancy(bill_date, out_trade_no, category, detail,

@@ -26,7 +26,7 @@ from payflow.settings import REFUND_QUERY_AFTER
 from payflow.states import Source, State, Trigger
 from payflow.states import refunds as refund_states
 from payflow.states.refunds import RefundState, RefundTrigger
-from payflow.store import Note
+from payflow.store import DECIDE_RETRIES, Note
 from payflow.wechat.api import RefundAnswer, RefundRequest, WechatApi
 from payflow.wechat.notify import MalformedNotification, VerifiedNotification
 
@@ -147,10 +147,13 @@ class Refunding:
                 log.error("alert.refund_refused", out_trade_no=refund.out_trade_no, wechat_code=exc.wechat_code,
                           error=str(exc))
                 code = exc.wechat_code or f"HTTP_{exc.status}"
-                failed = await self._move(refund, RefundTrigger.FAIL, source, payload={"code": code},
-                                          detail={"message": str(exc)},
-                                          changes={"failure": code, "next_attempt_at": core.now() + dt.timedelta(
-                                              seconds=core.settings.lease)})
+                try:
+                    failed = await self._move(refund, RefundTrigger.FAIL, source, payload={"code": code},
+                                              detail={"message": str(exc)},
+                                              changes={"failure": code, "next_attempt_at": core.now() + dt.timedelta(
+                                                  seconds=core.settings.lease)})
+                except errors.StaleState:
+                    return await self._load(refund.out_refund_no)  # moved meanwhile: what moved it knew more
                 return await self._tell(failed, source)
             except (errors.WechatRetryable, errors.NotConfigured) as exc:
                 log.info("refund.submit_failed", error=str(exc))
@@ -162,7 +165,19 @@ class Refunding:
     async def apply_answer(self, refund: models.Refund, answer: RefundAnswer, source: Source, *,
                            notification: models.Notification | None = None) -> models.Refund:
         """Move the refund to what WeChat says (an answer, a query, a notification, a bill line); what it
-        already says changes nothing but the next query. A moved refund's next step is scheduled with it."""
+        already says changes nothing but the next query. A moved refund's next step is scheduled with it.
+
+        Another writer may have moved the refund since it was read (a notification overtaking the answer to
+        the very request that made it): the news is then applied to the refund as that writer left it."""
+        for _ in range(DECIDE_RETRIES):
+            try:
+                return await self._apply_answer(refund, answer, source, notification)
+            except errors.StaleState:
+                refund = await self._load(refund.out_refund_no)
+        raise errors.StoreUnavailable(f"refund {refund.out_refund_no} kept changing; try again")
+
+    async def _apply_answer(self, refund: models.Refund, answer: RefundAnswer, source: Source,
+                            notification: models.Notification | None) -> models.Refund:
         core = self.core
         trigger = _STATUS_TRIGGER[answer.status]
         now = core.now()
@@ -267,17 +282,8 @@ class Refunding:
             return "refund_mismatch"
         outcome = f"refund_{answer.status.lower()}"
         with logs.bound(out_refund_no=refund.out_refund_no):
-            for _ in range(3):  # a concurrent writer (a query, the same notification again) may win the CAS
-                try:
-                    await self.apply_answer(refund, answer, Source.NOTIFY,
-                                            notification=dataclasses.replace(kept, outcome=outcome))
-                    break
-                except errors.StaleState:
-                    fresh = await core.store.get_refund(refund.out_refund_no)
-                    assert fresh is not None
-                    refund = fresh
-            else:
-                raise errors.StoreUnavailable(f"refund {refund.out_refund_no} kept changing; deliver again")
+            await self.apply_answer(refund, answer, Source.NOTIFY,
+                                    notification=dataclasses.replace(kept, outcome=outcome))
         return outcome
 
     # --- telling the backend ------------------------------------------------------------------

@@ -105,13 +105,14 @@ async def test_a_refund_line_flags_the_payment(world: World) -> None:
     async with world.http.post(world.wechat.make_url(f"/sim/v1/transactions/{no}/refund"), json={}) as response:
         assert response.status == 200, await response.text()
     report = await _reconciler(world).run(_today(world))
-    assert [d.category for d in report.discrepancies] == ["REFUND"]
+    # No refund record of it: a refund payflow never asked for (tests/e2e/test_reconcile_refunds.py has the rest).
+    assert [d.category for d in report.discrepancies] == ["REFUND_UNKNOWN"]
     payment = await world.payment(no)
     assert payment.state is State.NEEDS_REVIEW
     assert (await world.events(no))[-1].detail["reason"] == "refund_seen"
-    # explained now: a re-run adds nothing
+    # already recorded and parked: a re-run adds nothing
     again = await _reconciler(world).run(_today(world))
-    assert len(again.discrepancies) == 1 and again.run.counts.get("refund_explained") == 1
+    assert len(again.discrepancies) == 1 and again.run.counts.get("refund_unknown") == 1
 
 
 async def test_notified_is_left_to_the_forward_path(world: World) -> None:
