@@ -96,6 +96,7 @@ class PaymentPage:
     forwards: list[models.Event]  # every delivery attempt to the backend (a timeline row each), with its answer
     next_step: str | None  # what the next scheduled attempt will do
     actions: list[tuple[str, bool]]  # every operator action, and whether it applies to the payment's state
+    refunds: list[tuple[models.Refund, list[models.RefundEvent]]] = dataclasses.field(default_factory=list)
 
 
 async def payment_page(service: PaymentService, out_trade_no: str) -> PaymentPage:
@@ -109,6 +110,8 @@ async def payment_page(service: PaymentService, out_trade_no: str) -> PaymentPag
         next_step=_NEXT_STEP.get(payment.state) if payment.next_attempt_at is not None else None,
         # Operating's own table, so the page offers what `operate` accepts (it still has the last word: 409).
         actions=[(action, payment.state in operating._APPLIES[action]) for action in operating.ACTIONS],
+        refunds=[(refund, await service.store.refund_events(refund.out_refund_no))
+                 for refund in await service.store.refunds_of(out_trade_no)],
     )
 
 
@@ -116,6 +119,7 @@ _NEXT_STEP = {
     State.CREATED: "query WeChat (was the order placed?)",
     State.PREPAID: "query WeChat (paid yet?), or close at WeChat once expired",
     State.NOTIFIED: "deliver the paid event to the backend",
+    State.CLOSED: "tell the backend payment.closed",
 }
 
 

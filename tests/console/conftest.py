@@ -52,6 +52,10 @@ class ScriptedBackend:
         self.delivered.append(payment.out_trade_no)
         return self.answer
 
+    async def send(self, event_id: str, body: bytes) -> Delivery:
+        self.delivered.append(event_id)
+        return self.answer
+
 
 @dataclasses.dataclass
 class Console:

@@ -233,3 +233,19 @@ async def test_the_payment_page_offers_the_actions_that_apply(console: Console) 
 async def test_the_bare_console_path_leads_to_the_console(console: Console) -> None:
     response = await console.client.get("/console", allow_redirects=False)
     assert response.status == 303 and response.headers["Location"] == "/console/"
+
+
+async def test_the_payment_page_shows_each_refund_with_its_timeline(console: Console) -> None:
+    from payflow.service import NewRefund
+
+    no = await console.create("order-1")
+    console.wechat.paid.add(no)
+    await console.service.operate(no, "recheck", "payer called")
+    await console.service.drain()  # paid, forwarded, synced
+    await console.service.create_refund(NewRefund(no, 500, reason="damaged", out_refund_no="R-1"))
+    await console.sign_in()
+    page = _text(await (await console.client.get(f"/console/payments/{no}")).text())
+    assert "Refunds — each with its own timeline" in page
+    assert "R-1 · 5.00 (500 fen) · processing · api" in page
+    assert "WeChat refund 5030R-1" in page
+    assert "created → processing accept api" in page
