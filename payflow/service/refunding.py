@@ -314,9 +314,9 @@ class Refunding:
                                       note=Note(f"event_{tried.verdict}", Source.BACKEND, tried.detail))
 
     async def _tell(self, refund: models.Refund, source: Source) -> models.Refund:
-        """Forward a refund that just reached an outcome: in the background when WeChat or a caller waits for
-        this answer (the refund's lease keeps the sweeper off it meanwhile), else now."""
-        if source in (Source.NOTIFY, Source.API, Source.ADMIN):
+        """Forward a refund that just reached an outcome: in the background when WeChat, a caller or a reader
+        waits for this answer (the refund's lease keeps the sweeper off it meanwhile), else now."""
+        if source in (Source.NOTIFY, Source.API, Source.ADMIN, Source.QUERY):
             self.core.spawn(self._forward_quietly(refund), name="refund-forward")
             return refund
         return await self.forward(refund)

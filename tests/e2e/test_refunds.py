@@ -129,7 +129,9 @@ async def test_query_on_read_shows_a_refund_succeeded(world: World) -> None:
     world.wechat_faults(never_deliver=1.0)
     _, refund = await _refund(world, no, amount=100)
     status, read = await world.api("GET", f"/v1/refunds/{refund['out_refund_no']}")
-    assert status == 200 and read["state"] == "synced"  # WeChat was asked: SUCCESS, forwarded at once
+    assert status == 200 and read["state"] == "succeeded"  # WeChat was asked; the backend is told meanwhile
+    await world.service.drain()
+    assert world.backend_order("order-1").refunds == {refund["out_refund_no"]: 100}
 
 
 async def test_the_backend_down_delays_refund_succeeded_until_it_acknowledges(world: World) -> None:

@@ -256,3 +256,19 @@ async def test_refunds_of_an_unpaid_or_refunded_payment_are_refused(service: Pay
                 NewRefund(payment.out_trade_no, 1, reason="x" * 81)):
         with pytest.raises(errors.InvalidRequest):
             await service.create_refund(bad)
+
+
+async def test_a_read_asks_wechat_at_most_once_per_interval(service: PaymentService, wechat: QueryingWechat,
+                                                            clock: FakeClock) -> None:
+    payment = await _synced(service)
+    await service.create_refund(NewRefund(payment.out_trade_no, 1999, out_refund_no="R-1"))
+    for _ in range(3):
+        assert (await service.view_refund("R-1")).state is RefundState.PROCESSING
+    assert wechat.refund_queries == 1
+    clock.advance(service.settings.read_query_interval)
+    wechat.refund_statuses = ["SUCCESS"]
+    assert (await service.view_refund("R-1")).state is RefundState.SUCCEEDED
+    assert wechat.refund_queries == 2
+    await service.drain()
+    assert (await service.view_refund("R-1")).state is RefundState.SYNCED
+    assert wechat.refund_queries == 2  # no query once it is no longer processing
