@@ -23,7 +23,11 @@ CHAOS_WECHAT = {"drop_first": 0.3, "drop_retry": 0.3, "never_deliver": 0.05, "de
                 "api_429": 0.02, "api_500_applied": 0.5}
 # WeChat's own per-API limits, at 1.5 times payflow's default budgets (ratelimit.DEFAULT_BUDGETS) rather
 # than WeChat's real figures, so that the run shows payflow's budgets keeping it under them.
-CHAOS_WECHAT.update(limit_jsapi=150.0, limit_query=450.0, limit_close=150.0, limit_bill=20.0)
+CHAOS_WECHAT.update(limit_jsapi=150.0, limit_query=450.0, limit_close=150.0, limit_bill=20.0, limit_refund=225.0,
+                    limit_refund_query=450.0)
+# Refunds stay PROCESSING for two minutes of WeChat's time (2 s at the default time factor) before they succeed,
+# so that payflow follows them by notification and by query. Not a fault: it stays under --no-faults.
+CHAOS_WECHAT.update(refund_delay=120.0)
 # Backend 500s 20%, an outage window, applied-but-answer-lost 5% (held past payflow's 1 s timeout).
 CHAOS_BACKEND = BackendFaults(error_rate=0.2, outages=((8.0, 14.0),), lost_answer_rate=0.05, stall_seconds=2.0)
 
@@ -83,7 +87,7 @@ def _options(args: argparse.Namespace, strategy: str) -> Options:
     if args.no_faults:
         # WeChat's per-API limits are how WeChat is, not a fault: they stay.
         limits = {name: getattr(wechat, name) for name in wechat_faults.LIMITS}
-        wechat, backend = wechat_faults.WechatFaults(**limits), BackendFaults()
+        wechat, backend = wechat_faults.WechatFaults(**limits, refund_delay=wechat.refund_delay), BackendFaults()
     return Options(orders=args.orders, seed=args.seed, placement_rate=args.placement_rate, strategy=strategy,
                    key_mode=args.key_mode, rotate_certificates=not args.no_rotation,
                    crashes=args.crashes, wechat=wechat, backend=backend, progress=True, replicas=args.replicas,

@@ -4,6 +4,7 @@ faults and SIGKILLs; then converges, reconciles and checks the invariants from t
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import datetime as dt
 import json
@@ -24,6 +25,7 @@ from payflow import devkeys, logs
 from payflow.clock import SHANGHAI
 from payflow.errors import StoreUnavailable
 from payflow.states import State
+from payflow.states.refunds import RefundState
 from payflow.store import open_store
 from simulator import backend as backend_sim
 from simulator.chaos import report, scenario
@@ -31,11 +33,19 @@ from simulator.chaos.process import ROOT, PayflowProcess, base_env
 from simulator.chaos.proxy import create_app as proxy_app
 from simulator.chaos.scenario import Options
 from simulator.wechat.app import create_app as create_wechat_sim
-from simulator.wechat.appkeys import CLOCK, LEDGER, SIGNER
+from simulator.wechat.appkeys import CLOCK, LEDGER, REFUNDS, SIGNER
 
 log = logs.get_logger(__name__)
 
 UNSETTLED = (State.CREATED, State.PREPAID, State.NOTIFIED)
+# Refunds still on their way: to be submitted, followed at WeChat, or told to the backend.
+UNSETTLED_REFUNDS = (RefundState.CREATED, RefundState.PROCESSING, RefundState.SUCCEEDED)
+# Refunds that ended without money moving: told to the backend once (`refund.failed`).
+ENDED_REFUNDS = (RefundState.CLOSED, RefundState.FAILED)
+# How long the merchant keeps asking for one refund (payflow killed, the payment not yet known paid).
+REFUND_DEADLINE = 60.0
+# How long the outside refund waits for its order to be paid at the backend.
+OUTSIDE_DEADLINE = 60.0
 # What a create answers the payer's front end, by product.
 FRONT_ENDS = ("pay_params", "code_url", "h5_url", "app_params")
 # `run.py reconcile` passes at the end, at most: each fails only if WeChat fails the bill API three times.
@@ -44,6 +54,7 @@ RECONCILE_PASSES = 5
 # payflow's schedules compressed so that the default run takes about a minute and a half.
 TUNING = {
     "PAYFLOW_QUERY_SCHEDULE": "1s,2s,3s,5s",
+    "PAYFLOW_REFUND_QUERY_SCHEDULE": "1s,2s,3s,5s,5s,5s,5s,5s",
     "PAYFLOW_FORWARD_SCHEDULE": "200ms,400ms,800ms,1s,2s,2s,3s,3s,5s,5s,5s,5s,5s,5s,5s",
     "PAYFLOW_SWEEP_INTERVAL": "200ms",
     "PAYFLOW_LEASE": "2s",
@@ -78,6 +89,11 @@ class Run:
         self.done_payers = 0
         self.db_restarts = 0
         self.reconcile_runs: list[dict[str, Any]] = []  # run.py reconcile: date, exit code, its JSON report
+        # Each refund the merchant asks payflow for: its outcome (`ok`, `refused:<code>`, `gave_up`), its tries and
+        # the first try's outcome; `refunds_acknowledged` those payflow answered for (200, 201, 503 "stored").
+        self.refund_requests: dict[str, dict[str, Any]] = {}
+        self.refunds_acknowledged: dict[str, str] = {}
+        self.outside_refund: dict[str, Any] | None = None
         self.keep = False
 
     def elapsed(self) -> float:
@@ -120,7 +136,7 @@ class Run:
                                          backend_url=urls[1] + devkeys.BACKEND_SIM_PATH))
             env.update(TUNING, PAYFLOW_PAYMENT_TTL=f"{int(options.ttl)}s", PAYFLOW_DATABASE_URL=database,
                        PAYFLOW_API_TOKEN="chaos-api", PAYFLOW_ADMIN_TOKEN="chaos-admin",
-                       PAYFLOW_WECHAT_KEY_MODE=options.key_mode,
+                       PAYFLOW_WECHAT_KEY_MODE=options.key_mode, PAYFLOW_AUTO_REFUND=scenario.AUTO_REFUND,
                        PAYFLOW_WECHAT_CERTIFICATES_FILE=str(self.workdir / "wechat-certificates.json"))
             if options.strategy == "naive":
                 env.update(NAIVE)
@@ -173,12 +189,22 @@ class Run:
             if order.pay_after is None or not any(view.get(k) for k in FRONT_ENDS):
                 return  # a payer without what the front end needs (pay_params, a code_url, ...) cannot pay
             await self._at(order.create_at + order.pay_after)
-            await self._pay(order, view["out_trade_no"])
+            paid = await self._pay(order, view["out_trade_no"])
             for _ in range(order.polls):
                 await asyncio.sleep(0.5)
                 with contextlib.suppress(aiohttp.ClientError, TimeoutError):
                     async with self.http.get(f"{self.payflow_url}/v1/payments/{view['out_trade_no']}") as response:
                         await response.read()
+            if not paid:
+                return
+            paid_at = order.create_at + order.pay_after
+            for plan in order.refunds:  # the merchant refunds it, one refund after the other
+                await self._at(paid_at + plan.after)
+                await self._refund(order, view["out_trade_no"], plan)
+            outside = self.plan.outside
+            if outside is not None and outside.order_id == order.order_id:
+                await self._at(paid_at + outside.after)
+                await self._refund_outside(order, view["out_trade_no"], outside)
         finally:
             self.done_payers += 1
 
@@ -202,25 +228,82 @@ class Run:
                         if record["tries"] == 1:
                             record.update(first=outcome, first_ms=(time.perf_counter() - started) * 1000)
                         return view
-            except aiohttp.ClientConnectionError as exc:
+            except (aiohttp.ClientError, TimeoutError) as exc:
                 # payflow is down (killed) or the answer was lost: the same request again is safe
-                outcome = "down" if isinstance(exc, aiohttp.ClientConnectorError) else "connection_lost"
-            except TimeoutError:
-                outcome = "timeout"
-            except aiohttp.ClientError:
-                outcome = "client_error"
+                outcome = _transport_outcome(exc)
             if record["tries"] == 1:
                 record.update(first=outcome, first_ms=(time.perf_counter() - started) * 1000)
             await asyncio.sleep(0.3)
         return None
 
-    async def _pay(self, order: scenario.Order, out_trade_no: str) -> None:
+    async def _pay(self, order: scenario.Order, out_trade_no: str) -> bool:
         body = {} if order.pay_amount == order.amount else {"amount": order.pay_amount}
         async with self.http.post(f"{self.wechat_url}/sim/v1/transactions/{out_trade_no}/pay", json=body) as response:
             if response.status == 200:
                 self.paid_at_wechat[order.order_id] = time.time()
-            else:
-                self.pay_refused[order.order_id] = (await response.json()).get("error", {}).get("code", "?")
+                return True
+            self.pay_refused[order.order_id] = (await response.json()).get("error", {}).get("code", "?")
+            return False
+
+    async def _refund(self, order: scenario.Order, out_trade_no: str, plan: scenario.RefundPlan) -> None:
+        """Ask payflow for one refund, as a merchant's back office would: the same request (the same out_refund_no)
+        again after a 503, a lost connection or while payflow is down, and while payflow does not know the payment
+        is paid yet (409 with an unpaid state); until payflow answers for it or refuses it for good."""
+        body = {"amount": plan.amount, "out_refund_no": plan.out_refund_no, "reason": scenario.REFUND_REASON}
+        record: dict[str, Any] = {"order_id": order.order_id, "out_trade_no": out_trade_no, "amount": plan.amount,
+                                  "tries": 0, "outcomes": collections.Counter()}
+        self.refund_requests[plan.out_refund_no] = record
+        deadline = self.elapsed() + REFUND_DEADLINE
+        url = f"{self.payflow_url}/v1/payments/{out_trade_no}/refunds"
+        while self.elapsed() < deadline:
+            record["tries"] += 1
+            outcome: str
+            try:
+                async with self.http.post(url, json=body) as response:
+                    answer = await _json(response)
+                    error = answer.get("error") or {}
+                    outcome = "ok" if response.status in (200, 201) else str(response.status)
+                    if response.status in (200, 201):
+                        self.refunds_acknowledged[plan.out_refund_no] = out_trade_no
+                        record.update(result="ok", state=answer.get("state"))
+                    elif response.status == 503 and error.get("out_refund_no") == plan.out_refund_no:
+                        # Stored; WeChat could not be asked now. payflow re-drives it; the merchant asks again.
+                        self.refunds_acknowledged[plan.out_refund_no] = out_trade_no
+                        outcome = "deferred"
+                    elif response.status == 409 and error.get("state") in ("created", "prepaid"):
+                        outcome = "not_yet_paid"  # payflow has not heard of the payment yet: ask again shortly
+                    elif response.status in (400, 404, 409, 422):
+                        record.update(result=f"refused:{error.get('code', response.status)}",
+                                      error=error.get("message"))
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                outcome = _transport_outcome(exc)
+            record["outcomes"][outcome] += 1
+            record.setdefault("first", outcome)
+            if "result" in record:
+                break
+            await asyncio.sleep(0.5)
+        record.setdefault("result", "gave_up")
+        record["outcomes"] = dict(record["outcomes"])
+
+    async def _refund_outside(self, order: scenario.Order, out_trade_no: str, outside: scenario.OutsideRefund) -> None:
+        """The one refund payflow never asked for: made on the merchant platform (the simulator's control API)
+        once the backend has the order paid, so that payflow learns of it only from WeChat."""
+        self.outside_refund = {"order_id": order.order_id, "out_trade_no": out_trade_no,
+                               "out_refund_no": outside.out_refund_no, "amount": outside.amount}
+        ledger = self.backend_app[backend_sim.LEDGER]
+        for _ in range(int(OUTSIDE_DEADLINE / 0.5)):
+            known = ledger.orders.get(order.order_id)
+            if known is not None and known.status == "paid":
+                break
+            await asyncio.sleep(0.5)
+        body = {"amount": outside.amount, "out_refund_no": outside.out_refund_no, "reason": "merchant platform"}
+        url = f"{self.wechat_url}/sim/v1/transactions/{out_trade_no}/refunds"
+        async with self.http.post(url, json=body) as response:
+            answer = await _json(response)
+        if response.status == 201:
+            self.outside_refund.update(refund_id=answer.get("refund_id"), at=round(self.elapsed(), 2))
+        else:
+            self.outside_refund["error"] = answer.get("error") or response.status
 
     # --- payflow's life -----------------------------------------------------------------------
 
@@ -274,21 +357,23 @@ class Run:
                 line = (f"[{self.elapsed():6.1f}s] payers {self.done_payers}/{len(self.plan.orders)} · "
                         f"paid at WeChat {len(self.paid_at_wechat)} · "
                         + " ".join(f"{k} {v}" for k, v in sorted(counts.items()))
+                        + f" · refunds answered {len(self.refunds_acknowledged)}/{self.plan.refund_requests}"
                         + f" · crashes {self.kills}")
                 tty = sys.stderr.isatty()
                 print(f"\r{line:<120}" if tty else line, file=sys.stderr, end="" if tty else "\n", flush=True)
             await asyncio.sleep(0.5)
 
     async def _settle(self) -> None:
-        """Wait until nothing is left to re-drive (or the deadline: then the invariants will say why)."""
+        """Wait until nothing is left to re-drive (or the deadline: then the invariants will say why): no payment
+        unsettled or with a `payment.closed` untold, no refund on its way or untold, no automatic refund owed."""
         async with asyncio.timeout(self.options.settle_timeout):
             while True:
                 try:
-                    counts = await self.store.count_by_state()
+                    left = await self._unsettled()
                 except StoreUnavailable:
                     await asyncio.sleep(0.5)
                     continue
-                if not any(counts.get(s, 0) for s in UNSETTLED):
+                if not left:
                     return
                 if self.options.strategy == "naive":
                     # nothing re-drives a naive payflow: give late events a moment, then stop waiting
@@ -296,12 +381,43 @@ class Run:
                     return
                 await asyncio.sleep(0.5)
 
+    async def _unsettled(self) -> dict[str, int]:
+        """What is left to re-drive, by kind (empty: settled)."""
+        store = self.store
+        counts = await store.count_by_state()
+        left = {s.value: counts[s] for s in UNSETTLED if counts.get(s)}
+        # Scheduled at all (however far ahead): besides the unsettled states, a closed payment not yet told.
+        scheduled, _ = await store.due_stats(dt.datetime.now(dt.UTC) + dt.timedelta(days=1))
+        if scheduled > sum(left.values()):
+            left["scheduled"] = scheduled - sum(left.values())
+        refunds = await store.count_refunds_by_state()
+        left.update({f"refund_{s.value}": refunds[s] for s in UNSETTLED_REFUNDS if refunds.get(s)})
+        if any(refunds.get(s) for s in ENDED_REFUNDS):
+            untold = 0
+            for no in set(self.acknowledged.values()):
+                untold += sum(1 for r in await store.refunds_of(no)
+                              if r.state in ENDED_REFUNDS and r.next_attempt_at is not None)
+            if untold:
+                left["refund_untold"] = untold
+        if counts.get(State.NEEDS_REVIEW):
+            owed = 0
+            reasons = set(self.env.get("PAYFLOW_AUTO_REFUND", "").split(",")) - {""}
+            for payment in await store.list_payments(state=State.NEEDS_REVIEW, limit=10_000):
+                flags = [e for e in await store.events(payment.out_trade_no) if e.trigger == "flag"]
+                if flags and flags[-1].detail.get("reason") in reasons and payment.transaction_id is not None \
+                        and await store.get_refund(f"auto-{payment.out_trade_no}") is None:
+                    owed += 1
+            if owed:
+                left["auto_refund_owed"] = owed
+        return left
+
     async def _reconcile(self) -> None:
-        """Reconcile every day with payments (normally today, Asia/Shanghai), again while any payment is left
+        """Reconcile every day with payments or refunds (normally today, Asia/Shanghai), again while any payment is left
         `synced`: forwards were pending during a pass, or a pass failed (WeChat's bill API has faults too)."""
         now = dt.datetime.now(SHANGHAI)
         days = sorted({o.success_time.astimezone(SHANGHAI).date()
-                       for o in self.wechat_app[LEDGER].orders(now) if o.success_time is not None})
+                       for o in self.wechat_app[LEDGER].orders(now) if o.success_time is not None}
+                      | {r.created.astimezone(SHANGHAI).date() for _, r in self.wechat_app[REFUNDS].refunds(now)})
         for _ in range(RECONCILE_PASSES):
             for day in days:
                 self.reconcile_runs.append(await self._reconcile_day(day))
@@ -335,7 +451,24 @@ class Run:
         return await report.build(self, exit_code)
 
 
+async def _json(response: aiohttp.ClientResponse) -> dict[str, Any]:
+    try:
+        body = await response.json(content_type=None)
+    except ValueError:
+        return {}
+    return body if isinstance(body, dict) else {}
+
+
 @contextlib.asynccontextmanager
+def _transport_outcome(exc: BaseException) -> str:
+    """What a request that got no answer says about payflow: down (refused), the answer lost, or too slow."""
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return "down"
+    if isinstance(exc, aiohttp.ClientConnectionError):
+        return "connection_lost"
+    return "timeout" if isinstance(exc, TimeoutError) else "client_error"
+
+
 async def fresh_schema(url: str, *, keep: bool) -> AsyncIterator[str]:
     """A new schema in the given PostgreSQL database for this run (dropped afterwards unless kept)."""
     import asyncpg

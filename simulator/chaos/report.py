@@ -18,7 +18,7 @@ from simulator import backend as backend_sim
 from simulator.chaos import checks
 from simulator.chaos.process import PayflowProcess
 from simulator.chaos.scenario import Options, Scenario
-from simulator.wechat.appkeys import FAULTS, LEDGER, NOTIFIER
+from simulator.wechat.appkeys import FAULTS, LEDGER, NOTIFIER, REFUNDS
 
 
 @dataclasses.dataclass
@@ -53,6 +53,10 @@ class FinishedRun(Protocol):
     rotation_times: list[float]
     reconcile_runs: list[dict[str, Any]]
     db_restarts: int
+    # out_refund_no → what became of the driver's request: order_id, out_trade_no, amount, tries, first, result
+    refund_requests: dict[str, dict[str, Any]]
+    refunds_acknowledged: dict[str, str]  # out_refund_no → out_trade_no
+    outside_refund: dict[str, Any] | None  # the refund made outside payflow: out_refund_no, out_trade_no, ...
 
     @property
     def kills(self) -> int: ...
@@ -64,17 +68,36 @@ async def build(run: FinishedRun, exit_code: int | None) -> Outcome:
     now = dt.datetime.now(dt.UTC)
     payflow = await read_store(run.store)
     wechat_orders = run.wechat_app[LEDGER].orders(now)
-    wechat = {o.out_trade_no: {"trade_state": o.state.value, "amount": o.total, "paid_amount": o.paid_amount,
-                               "success_time": o.success_time} for o in wechat_orders}
-    backend = {o.order_id: {"status": o.status, "paid_amount": o.paid_amount, "out_trade_no": o.out_trade_no,
-                            "duplicates": o.duplicates, "events": o.paid_events_received,
-                            "first_paid_at": o.first_paid_at}
-               for o in run.backend_app[backend_sim.LEDGER].orders.values()}
+    wechat: dict[str, dict[str, Any]] = {
+        o.out_trade_no: {"trade_state": o.state.value, "amount": o.total, "paid_amount": o.paid_amount,
+                         "success_time": o.success_time, "refunded_amount": o.refunded_amount}
+        for o in wechat_orders}
+    wechat_refunds: dict[str, dict[str, Any]] = {
+        r.out_refund_no: {"out_trade_no": o.out_trade_no, "amount": r.amount, "status": str(r.status),
+                          "via": "api" if r.params is not None else "platform",
+                          "day": r.created.astimezone(SHANGHAI).date().isoformat()}
+        for o, r in run.wechat_app[REFUNDS].refunds(now)}
+    backend: dict[str, dict[str, Any]] = {
+        o.order_id: {"status": o.status, "paid_amount": o.paid_amount, "out_trade_no": o.out_trade_no,
+                     "duplicates": o.duplicates, "events": o.paid_events_received,
+                     "first_paid_at": o.first_paid_at, "closed_events": list(o.closed_events),
+                     "refunds": dict(o.refunds), "failed_refunds": list(o.failed_refunds),
+                     "refunded_amount": o.refunded_amount}
+        for o in run.backend_app[backend_sim.LEDGER].orders.values()}
+    payflow_refunds = {rno: {**refund, "out_trade_no": no} for no, row in payflow.items()
+                       for rno, refund in row["refunds"].items()}
     days = sorted({t["success_time"].astimezone(SHANGHAI).date() for t in wechat.values()
-                   if t["success_time"] is not None})
+                   if t["success_time"] is not None}
+                  | {dt.date.fromisoformat(r["day"]) for r in wechat_refunds.values()})
     discrepancies = [d.view() for day in days for d in await run.store.discrepancies(day)]
     fates = {o.order_id: o.fate for o in run.plan.orders}
-    invariants = checks.check(checks.Ledgers(wechat, backend, payflow, discrepancies, run.acknowledged, fates))
+    outside = {run.plan.outside.out_refund_no: run.acknowledged.get(run.plan.outside.order_id, "")} \
+        if run.plan.outside is not None else {}
+    reconciled = frozenset(r["date"] for r in run.reconcile_runs if r["exit"] in (0, 1))
+    invariants = checks.check(checks.Ledgers(
+        wechat, backend, payflow, discrepancies, run.acknowledged, fates, wechat_refunds=wechat_refunds,
+        payflow_refunds=payflow_refunds, refunds_acknowledged=run.refunds_acknowledged, outside=outside,
+        reconciled_days=reconciled))
 
     latencies = []
     for no, t in wechat.items():
@@ -94,6 +117,9 @@ async def build(run: FinishedRun, exit_code: int | None) -> Outcome:
             "wechat_paid_amount": t.get("paid_amount"), "backend_status": b.get("status"),
             "backend_paid_amount": b.get("paid_amount"), "backend_events": b.get("events"),
             "backend_duplicates": b.get("duplicates"), "pay_refused": run.pay_refused.get(order.order_id),
+            "refund_kind": order.refund_kind, "wechat_refunded_amount": t.get("refunded_amount"),
+            "payflow_refunds": row.get("refunds"), "backend_refunds": b.get("refunds"),
+            "backend_closed_events": len(b.get("closed_events") or []),
         })
 
     notifier = collections.Counter[str]()
@@ -124,6 +150,9 @@ async def build(run: FinishedRun, exit_code: int | None) -> Outcome:
         "placement": placement_summary(run),
         "payer_refused_at_wechat": dict(collections.Counter(run.pay_refused.values())),
         "discrepancies": dict(collections.Counter(d["category"] for d in discrepancies)),
+        "refunds": refund_summary(run, wechat, wechat_refunds, payflow_refunds, backend),
+        "closed_at_wechat": sum(1 for t in wechat.values() if t["trade_state"] == "CLOSED"),
+        "closed_events_at_backend": sum(1 for b in backend.values() if b["closed_events"]),
         "invariants": {i.name: i.holds for i in invariants},
     }
     return Outcome(run.options, invariants, summary, rows, run.timeline, latencies)
@@ -154,8 +183,47 @@ def placement_summary(run: FinishedRun) -> dict[str, Any]:
     }
 
 
+def refund_summary(run: FinishedRun, wechat: dict[str, dict[str, Any]], wechat_refunds: dict[str, dict[str, Any]],
+                   payflow_refunds: dict[str, dict[str, Any]], backend: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """What the refunds came to: asked through payflow's API (full or partial of the paid amount), made by
+    payflow itself (PAYFLOW_AUTO_REFUND), made outside payflow; what WeChat and the backend saw of them."""
+    requests = list(run.refund_requests.values())
+    paid = {no: t["paid_amount"] for no, t in wechat.items()}
+    full = sum(1 for r in requests if r["amount"] == paid.get(r["out_trade_no"]))
+    told = {rno for b in backend.values() for rno in b["refunds"]}
+    outside = run.outside_refund or {}
+    succeeded = [rno for rno, r in wechat_refunds.items() if r["status"] == "SUCCESS"]
+    ours = [rno for rno in succeeded if rno != outside.get("out_refund_no")]
+    return {
+        "requested": len(requests), "full": full, "partial": len(requests) - full,
+        "orders": dict(collections.Counter(o.refund_kind for o in run.plan.orders if o.refund_kind)),
+        "acknowledged": len(run.refunds_acknowledged),
+        "request_results": dict(collections.Counter(r.get("result", "none") for r in requests)),
+        "first_outcomes": dict(collections.Counter(r.get("first", "none") for r in requests)),
+        "retries": sum(max(0, r.get("tries", 0) - 1) for r in requests),
+        "automatic": sum(1 for r in payflow_refunds.values() if r["origin"] == "auto"),
+        "outside": 1 if outside.get("refund_id") else 0,
+        "outside_refund": outside or None,
+        "payflow_states": dict(collections.Counter(r["state"] for r in payflow_refunds.values())),
+        "at_wechat": dict(collections.Counter(r["status"] for r in wechat_refunds.values())),
+        "succeeded_at_wechat": len(succeeded), "succeeded_for_payflow": len(ours),
+        "reached_backend": sum(1 for rno in ours if rno in told),
+        "refunded_amount_at_wechat": sum(r["amount"] for r in wechat_refunds.values() if r["status"] == "SUCCESS"),
+        "payments_refunded_in_full": sum(1 for no, total in _totals(wechat_refunds, ours).items()
+                                         if paid.get(no) is not None and total >= paid[no]),
+    }
+
+
+def _totals(refunds: dict[str, dict[str, Any]], names: list[str]) -> dict[str, int]:
+    """out_trade_no → what the named refunds refunded of it."""
+    totals: collections.Counter[str] = collections.Counter()
+    for name in names:
+        totals[refunds[name]["out_trade_no"]] += refunds[name]["amount"]
+    return dict(totals)
+
+
 async def read_store(store: PaymentStore) -> dict[str, dict[str, Any]]:
-    """payflow's ledger: every payment with its state, why it was flagged and how it was paid."""
+    """payflow's ledger: every payment with its state, why it was flagged, how it was paid and its refunds."""
     payments: dict[str, dict[str, Any]] = {}
     after = None
     while batch := await store.list_payments(after=after, limit=500):
@@ -168,6 +236,8 @@ async def read_store(store: PaymentStore) -> dict[str, dict[str, Any]]:
                 "reason": flags[-1].detail.get("reason") if flags else None,
                 "pay_source": pays[-1].source if pays else None,
                 "transitions": len(events) - 1,
+                "refunds": {r.out_refund_no: {"amount": r.amount, "state": r.state.value, "origin": r.origin}
+                            for r in await store.refunds_of(payment.out_trade_no)},
             }
         after = batch[-1].out_trade_no
     return payments
@@ -206,9 +276,12 @@ def render(outcome: Outcome) -> str:
         f"(n={t['n']})",
         f"  discrepancies       {_kv(s['discrepancies']) or 'none'}",
         _placement_line(s["placement"]),
+        *_refund_lines(s),
         "",
     ]
     for invariant in outcome.invariants:
+        if invariant.name == "R1":
+            lines.append("")
         mark = "PASS" if invariant.holds else f"FAIL ({len(invariant.failures)})"
         lines.append(f"  {invariant.name} {mark:<10} {invariant.description}")
         lines.extend(f"       - {failure}" for failure in invariant.failures[:10])
@@ -224,6 +297,23 @@ def _placement_line(p: dict[str, Any]) -> str:
             f"{p['first_try']} ({p['first_try_share_while_up']:.2%} of those who found payflow up; target "
             f"{p['target']:.0%} {verdict}) · first try p50 {ms['p50']} ms · p99 {ms['p99']} ms · "
             f"first outcomes {_kv(p['first_outcomes'])}")
+
+
+def _refund_lines(s: dict[str, Any]) -> list[str]:
+    r = s["refunds"]
+    outside = r["outside_refund"] or {}
+    return [
+        f"  refunds             requested {r['requested']} (full {r['full']} · partial {r['partial']}) for "
+        f"{sum(r['orders'].values())} orders ({_kv(r['orders'])}) · automatic {r['automatic']} · outside "
+        f"{r['outside']}" + (f" ({outside.get('out_refund_no')}, {outside.get('amount')} fen)" if r["outside"] else ""),
+        f"  refunds settled     succeeded at WeChat {r['succeeded_at_wechat']} · of payflow's "
+        f"{r['succeeded_for_payflow']}, reached the backend {r['reached_backend']} · payments refunded in full "
+        f"{r['payments_refunded_in_full']} · {r['refunded_amount_at_wechat'] / 100:.2f} yuan refunded",
+        f"  refund requests     {_kv(r['request_results'])} · first outcomes {_kv(r['first_outcomes'])} · "
+        f"retries {r['retries']} · payflow {_kv(r['payflow_states'])} · WeChat {_kv(r['at_wechat'])}",
+        f"  closed payments     at WeChat {s['closed_at_wechat']} · told to the backend "
+        f"{s['closed_events_at_backend']}",
+    ]
 
 
 def compare(payflow: Outcome, naive: Outcome) -> str:
@@ -263,7 +353,7 @@ def write_plot(outcome: Outcome, path: pathlib.Path) -> None:
     cdf.set_ylabel("fraction of paid orders")
     cdf.set_title("time to consistency (CDF)")
     cdf.grid(alpha=0.3)
-    names = ["created", "prepaid", "notified", "synced", "reconciled", "closed", "needs_review"]
+    names = ["created", "prepaid", "notified", "synced", "reconciled", "closed", "needs_review", "refunded"]
     ts = [row["t"] for row in outcome.timeline]
     for name in names:
         states.plot(ts, [row.get(name, 0) for row in outcome.timeline], label=name)

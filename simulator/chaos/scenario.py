@@ -18,6 +18,15 @@ FATE_WEIGHTS = (0.70, 0.12, 0.08, 0.05, 0.05)
 # Which product each payer pays through (a stream of its own, so the fates of a seed stay as they were).
 TRADE_TYPES = ("jsapi", "native", "h5", "app")
 TRADE_WEIGHTS = (0.50, 0.20, 0.15, 0.15)
+# A share of the payers who pay (fate `pays`) are refunded through payflow's API, a while after paying: in full,
+# half, in two partial refunds that leave some, or in a partial refund and then the rest. A stream of its own,
+# so the fates and products of a seed stay as they were.
+REFUND_SHARE = 0.25
+REFUND_KINDS = ("full", "half", "two_partials", "partial_then_rest")
+REFUND_KIND_WEIGHTS = (0.35, 0.35, 0.15, 0.15)
+REFUND_REASON = "chaos refund"
+# Every run refunds what the backend refused (the `cancelled` fate) without a person: PAYFLOW_AUTO_REFUND.
+AUTO_REFUND = "backend_rejected"
 
 
 @dataclasses.dataclass
@@ -58,6 +67,29 @@ class Order:
     pay_amount: int | None  # what the payer pays (differs from `amount` for wrong_amount)
     polls: int  # how many status polls the payer's page makes after paying
     trade_type: str = "jsapi"
+    refund_kind: str | None = None  # one of REFUND_KINDS when the merchant refunds it through payflow
+    refunds: tuple[RefundPlan, ...] = ()  # asked one after the other, each with an out_refund_no of its own
+
+
+@dataclasses.dataclass(frozen=True)
+class RefundPlan:
+    """One refund the merchant asks payflow for (`POST /v1/payments/{no}/refunds`); retried with the same
+    out_refund_no until payflow answers for it."""
+
+    out_refund_no: str
+    amount: int  # fen
+    after: float  # seconds after the payer paid
+
+
+@dataclasses.dataclass(frozen=True)
+class OutsideRefund:
+    """The one refund made outside payflow (on the merchant platform: the WeChat simulator's control API), on a
+    paid order payflow does not refund, once the backend has it paid."""
+
+    order_id: str
+    out_refund_no: str
+    amount: int
+    after: float  # seconds after the payer paid
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,6 +98,11 @@ class Scenario:
     orders: tuple[Order, ...]
     crashes: tuple[float, ...]  # seconds after the start at which payflow is SIGKILLed
     ttl: float
+    outside: OutsideRefund | None = None
+
+    @property
+    def refund_requests(self) -> int:
+        return sum(len(o.refunds) for o in self.orders)
 
     @property
     def last_event(self) -> float:
@@ -101,4 +138,37 @@ def build(seed: int, orders: int, *, ttl: float = 60.0, spread: float = 15.0, cr
     # Crashes while traffic flows: during creation, payments and notifications.
     window = max(spread + 10.0, 6.0)
     kills = tuple(sorted(round(rng.uniform(2.0, window), 3) for _ in range(crashes)))
-    return Scenario(seed, tuple(sorted(plan, key=lambda o: o.create_at)), kills, ttl)
+    plan, outside = _refunds(seed, plan)
+    return Scenario(seed, tuple(sorted(plan, key=lambda o: o.create_at)), kills, ttl, outside)
+
+
+def _refunds(seed: int, plan: list[Order]) -> tuple[list[Order], OutsideRefund | None]:
+    """Which paying orders are refunded through payflow, how and when; and the one refunded outside it."""
+    rng = random.Random(f"chaos-refunds:{seed}")
+    refunded = []
+    for order in plan:
+        # The same draws for every order, whatever its fate: one order's plan never shifts another's.
+        chosen, kind = rng.random() < REFUND_SHARE, rng.choices(REFUND_KINDS, REFUND_KIND_WEIGHTS)[0]
+        first, second = round(rng.uniform(1.0, 15.0), 3), round(rng.uniform(1.0, 8.0), 3)
+        if order.fate != "pays" or not chosen:
+            refunded.append(order)
+            continue
+        amount = order.amount
+        if kind == "half" and amount >= 2:
+            amounts = [amount // 2]
+        elif kind == "two_partials" and amount >= 3:
+            amounts = [amount // 3, amount // 3]
+        elif kind == "partial_then_rest" and amount >= 2:
+            amounts = [max(1, amount // 3), amount - max(1, amount // 3)]
+        else:
+            kind, amounts = "full", [amount]
+        moments = [first, round(first + second, 3)]
+        refunds = tuple(RefundPlan(f"{order.order_id}-r{k + 1}", a, moments[k]) for k, a in enumerate(amounts))
+        refunded.append(dataclasses.replace(order, refund_kind=kind, refunds=refunds))
+    candidates = [o for o in refunded if o.fate == "pays" and not o.refunds and o.amount >= 2]
+    if not candidates:
+        return refunded, None
+    target = rng.choice(candidates)
+    outside = OutsideRefund(target.order_id, f"platform-{target.order_id}", target.amount // 2,
+                            round(rng.uniform(3.0, 15.0), 3))
+    return refunded, outside

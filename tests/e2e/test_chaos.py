@@ -42,8 +42,9 @@ async def test_small_seeded_chaos_run(tmp_path: pathlib.Path, postgres: postgres
                *restart))
     failures = {i["name"]: i["failures"][:5] for i in report["invariants"] if not i["holds"]}
     assert code == 0 and report["ok"], (failures, report["summary"]["reconcile_runs"])
-    assert [i["name"] for i in report["invariants"]] == ["I1", "I2", "I3", "I4", "I5", "I6"]
+    assert [i["name"] for i in report["invariants"]] == ["I1", "I2", "I3", "I4", "I5", "I6", "R1", "R2", "R3", "R4"]
     summary = report["summary"]
+    _assert_refunds(summary)
     assert summary["crashes"] >= 1 and summary["payflow_exit_on_sigterm"] == 0
     assert summary["paid_at_wechat_not_at_backend"] == 0 and summary["paid_at_backend"] > 0
     assert sum(summary["faults"]["backend"].values()) > 0 and summary["faults"]["wechat_notifications"]["dropped"] > 0
@@ -62,3 +63,18 @@ async def test_small_seeded_chaos_run(tmp_path: pathlib.Path, postgres: postgres
     assert summary["replicas"] == 3 and summary["database"] == "postgresql"
     assert summary["crashes"] == 3 and summary["db_restarts"] == 1
     assert summary["paid_at_wechat_not_at_backend"] == 0
+    _assert_refunds(summary)
+
+
+def _assert_refunds(summary: dict) -> None:  # type: ignore[type-arg]
+    """Refunds through payflow (full and partial), automatic ones for the orders the backend cancelled, and the one
+    made outside payflow, which reconciliation reports; every payment closed at WeChat was told to the backend."""
+    refunds = summary["refunds"]
+    assert refunds["requested"] > 0 and refunds["full"] > 0 and refunds["partial"] > 0
+    assert refunds["request_results"] == {"ok": refunds["requested"]}
+    assert 0 < refunds["automatic"] <= summary["scenario"]["cancelled"]
+    assert refunds["outside"] == 1 and summary["discrepancies"].get("REFUND_UNKNOWN") == 1
+    assert refunds["reached_backend"] == refunds["succeeded_for_payflow"] > 0
+    assert refunds["succeeded_at_wechat"] == refunds["succeeded_for_payflow"] + 1
+    assert summary["payflow_states"].get("refunded", 0) == refunds["payments_refunded_in_full"] > 0
+    assert summary["closed_events_at_backend"] >= summary["closed_at_wechat"] > 0  # R4 checks each of them
