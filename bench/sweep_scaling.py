@@ -29,7 +29,6 @@ import dataclasses
 import datetime as dt
 import json
 import logging
-import os
 import pathlib
 import sqlite3
 import sys
@@ -40,6 +39,7 @@ from typing import Any
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
+from bench._notify.procs import machine_busy_seconds, own_busy_seconds  # noqa: E402
 from payflow import logs, models  # noqa: E402
 from payflow.service import PaymentService  # noqa: E402
 from payflow.settings import Settings  # noqa: E402
@@ -95,18 +95,6 @@ class StubWechat:
 
     def app_params(self, prepay_id: str, appid: str | None = None) -> dict[str, str]:
         return {"prepayid": prepay_id}
-
-
-def machine_busy_seconds() -> float:
-    """CPU time all processes on the machine used so far (/proc/stat: user+nice+system+irq+softirq+steal)."""
-    fields = pathlib.Path("/proc/stat").read_text().splitlines()[0].split()[1:]
-    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(f) for f in fields[:8])
-    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
-
-
-def own_busy_seconds() -> float:
-    times = os.times()
-    return times.user + times.system
 
 
 def due_numbers(size: int, layout: str) -> list[int]:

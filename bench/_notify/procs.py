@@ -27,6 +27,18 @@ except OSError:  # pragma: no cover - not Linux
     _libc = None
 
 
+def machine_busy_seconds() -> float:
+    """CPU time all processes on the machine used so far (/proc/stat: user+nice+system+irq+softirq+steal)."""
+    fields = pathlib.Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(f) for f in fields[:8])
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+def own_busy_seconds() -> float:
+    times = os.times()
+    return times.user + times.system
+
+
 def die_with_parent() -> None:
     # If the bench itself is SIGKILLed, its children go too instead of holding ports and files.
     if _libc is not None:
