@@ -214,8 +214,7 @@ class Refunding:
                       source=source.value)
             raise errors.WechatRetryable(f"WeChat's refund answer cannot be applied: {exc.reason}") from None
         if moved.state is RefundState.SUCCEEDED:
-            await self.settle_payment(moved.out_trade_no)
-            moved = await self._tell(moved, source)
+            moved = await self._tell(moved, source, await self.settle_payment(moved.out_trade_no))
         elif moved.state is RefundState.CLOSED:
             moved = await self._tell(moved, source)
         elif moved.state is RefundState.ABNORMAL:
@@ -288,10 +287,11 @@ class Refunding:
 
     # --- telling the backend ------------------------------------------------------------------
 
-    async def forward(self, refund: models.Refund) -> models.Refund:
-        """One attempt of `refund.succeeded` (a succeeded refund) or `refund.failed` (a closed or failed one)."""
+    async def forward(self, refund: models.Refund, payment: models.Payment | None = None) -> models.Refund:
+        """One attempt of `refund.succeeded` (a succeeded refund) or `refund.failed` (a closed or failed one);
+        `payment`, when the caller has just read it, spares a read."""
         core = self.core
-        payment = await core.load(refund.out_trade_no)
+        payment = payment or await core.load(refund.out_trade_no)
         if payment.state is State.NOTIFIED:
             # The backend hears of the payment before it hears of its refund.
             return await self._reschedule(refund, core.after(core.settings.forward_schedule[0]), refund.attempts)
@@ -313,17 +313,18 @@ class Refunding:
         return await self._reschedule(refund, None, tried.failures,
                                       note=Note(f"event_{tried.verdict}", Source.BACKEND, tried.detail))
 
-    async def _tell(self, refund: models.Refund, source: Source) -> models.Refund:
+    async def _tell(self, refund: models.Refund, source: Source,
+                    payment: models.Payment | None = None) -> models.Refund:
         """Forward a refund that just reached an outcome: in the background when WeChat, a caller or a reader
         waits for this answer (the refund's lease keeps the sweeper off it meanwhile), else now."""
         if source in (Source.NOTIFY, Source.API, Source.ADMIN, Source.QUERY):
-            self.core.spawn(self._forward_quietly(refund), name="refund-forward")
+            self.core.spawn(self._forward_quietly(refund, payment), name="refund-forward")
             return refund
-        return await self.forward(refund)
+        return await self.forward(refund, payment)
 
-    async def _forward_quietly(self, refund: models.Refund) -> None:
+    async def _forward_quietly(self, refund: models.Refund, payment: models.Payment | None) -> None:
         try:
-            await self.forward(refund)
+            await self.forward(refund, payment)
         except errors.PayflowError as exc:  # the lease runs out and a sweeper forwards it
             log.warning("refund.forward_left_to_sweeper", out_refund_no=refund.out_refund_no, error=str(exc))
 
@@ -438,8 +439,7 @@ class Refunding:
                 moved = await self.query(refund)
                 return f"refund_query:{moved.state.value}"
             if refund.state is RefundState.SUCCEEDED:
-                await self.settle_payment(refund.out_trade_no)
-                moved = await self.forward(refund)
+                moved = await self.forward(refund, await self.settle_payment(refund.out_trade_no))
                 return f"refund_forward:{moved.state.value}"
             if refund.state in refund_states.UNREFUNDED:
                 await self.forward(refund)
