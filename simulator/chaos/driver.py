@@ -459,7 +459,6 @@ async def _json(response: aiohttp.ClientResponse) -> dict[str, Any]:
     return body if isinstance(body, dict) else {}
 
 
-@contextlib.asynccontextmanager
 def _transport_outcome(exc: BaseException) -> str:
     """What a request that got no answer says about payflow: down (refused), the answer lost, or too slow."""
     if isinstance(exc, aiohttp.ClientConnectorError):
@@ -469,6 +468,7 @@ def _transport_outcome(exc: BaseException) -> str:
     return "timeout" if isinstance(exc, TimeoutError) else "client_error"
 
 
+@contextlib.asynccontextmanager
 async def fresh_schema(url: str, *, keep: bool) -> AsyncIterator[str]:
     """A new schema in the given PostgreSQL database for this run (dropped afterwards unless kept)."""
     import asyncpg
