@@ -135,8 +135,9 @@ def build(seed: int, orders: int, *, ttl: float = 60.0, spread: float = 15.0, cr
         plan.append(Order(f"chaos-{seed}-{i:05d}", amount, fate, round(create_at, 3),
                           None if pay_after is None else round(pay_after, 3), pay_amount, rng.randint(1, 3),
                           products.choices(TRADE_TYPES, TRADE_WEIGHTS)[0]))
-    # Crashes while traffic flows: during creation, payments and notifications.
-    window = max(spread + 10.0, 6.0)
+    # Crashes while traffic flows: during creation, payments and notifications, and the refunds after them (a
+    # refund is asked for up to 15 s after its payment, which is up to 12 s after its creation).
+    window = max(spread + 25.0, 6.0)
     kills = tuple(sorted(round(rng.uniform(2.0, window), 3) for _ in range(crashes)))
     plan, outside = _refunds(seed, plan)
     return Scenario(seed, tuple(sorted(plan, key=lambda o: o.create_at)), kills, ttl, outside)
