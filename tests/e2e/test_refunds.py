@@ -281,3 +281,50 @@ async def test_metrics_count_refunds(world: World) -> None:
     assert 'payflow_refunds{state="synced"} 1.0' in text
     assert 'payflow_refunds_total{outcome="created"} 1.0' in text
     assert 'payflow_refunds_total{outcome="succeeded"} 1.0' in text
+
+
+@pytest.mark.parametrize("world_overrides", [{"auto_refund": frozenset({"amount_mismatch"})}])
+async def test_a_payment_of_the_wrong_amount_is_refunded_what_was_paid(world: World) -> None:
+    created = await world.create("order-1", 1999)
+    no = created["out_trade_no"]
+    await world.pay(no, amount=1500)
+    await world.notify()
+    await world.service.drain()
+    refund = await world.service.store.get_refund(f"auto-{no}")
+    assert refund is not None and refund.amount == 1500 and refund.cause == "amount_mismatch"
+    await world.notify()
+    assert (await world.payment(no)).state is State.REFUNDED
+    assert world.wechat_order(no).refunded_amount == 1500
+    assert world.backend_order("order-1").refunds == {f"auto-{no}": 1500}
+
+
+@pytest.mark.parametrize("world_overrides", [{"auto_refund": frozenset({"paid_after_close"})}])
+async def test_a_payment_paid_after_it_was_closed_is_refunded(world: World) -> None:
+    from payflow.states import Source, Trigger
+
+    world.wechat_faults(drop_first=1.0)
+    created = await world.create("order-1")
+    no = created["out_trade_no"]
+    await world.pay(no)
+    await world.notify()  # the first send is lost
+    payment = await world.payment(no)
+    await world.service.core.apply(payment, Trigger.CLOSE, source=Source.SWEEPER)  # closed on a stale view
+    world.wechat_faults()
+    world.advance(20)
+    await world.notify()  # WeChat's retry: paid after close → needs_review → refunded automatically
+    await world.service.drain()
+    await world.notify()
+    assert (await world.payment(no)).state is State.REFUNDED
+    refund = await world.service.store.get_refund(f"auto-{no}")
+    assert refund is not None and refund.cause == "paid_after_close" and refund.state is RefundState.SYNCED
+    assert world.backend_order("order-1").refunds == {f"auto-{no}": 1999}
+
+
+async def test_without_auto_refund_a_parked_payment_waits_for_a_person(world: World) -> None:
+    created = await world.create("order-1", 1999)
+    await world.pay(created["out_trade_no"], amount=1500)
+    await world.notify()
+    await world.service.drain()
+    assert (await world.payment(created["out_trade_no"])).state is State.NEEDS_REVIEW
+    assert await world.service.store.refunds_of(created["out_trade_no"]) == []
+    assert (await world.sweep()).outcomes.get("auto_refund") is None
