@@ -253,3 +253,51 @@ async def test_bill_apply_gives_up_after_its_attempts_and_a_bad_sha1_is_not_retr
         with pytest.raises(errors.BillHashMismatch):
             await client.download_bill(info)
         assert sum(len(calls) for calls in mocked.requests.values()) == 1
+
+
+REFUNDS = f"{BASE}/v3/refund/domestic/refunds"
+
+
+async def test_refund_retries_with_identical_bytes_and_reads_the_answer(client: WechatPayClient,
+                                                                       keyset: KeySet) -> None:
+    from payflow.wechat.api import RefundRequest
+
+    seen: list[bytes] = []
+
+    def capture(url: Any, **kwargs: Any) -> None:
+        seen.append(kwargs["data"])
+
+    request = RefundRequest(out_refund_no="R-1", out_trade_no="PF0000000001", transaction_id="4200", amount=500,
+                            total=1999, notify_url="https://pay.example.com/v1/wechat/notify", reason="damaged")
+    answer = {"out_refund_no": "R-1", "out_trade_no": "PF0000000001", "refund_id": "5030", "status": "PROCESSING",
+              "amount": {"refund": 500, "total": 1999, "currency": "CNY"}}
+    with aioresponses() as mocked:
+        mocked.post(REFUNDS, callback=capture, **_json(keyset, 500, {"code": "SYSTEM_ERROR", "message": "busy"}))
+        mocked.post(REFUNDS, callback=capture, exception=TimeoutError())
+        mocked.post(REFUNDS, callback=capture, repeat=True, **_json(keyset, 200, answer))
+        got = await client.refund(request)
+        again = await client.refund(request)  # a later re-submission of the same refund
+    assert (got.status, got.refund_id, got.amount, got.total) == ("PROCESSING", "5030", 500, 1999)
+    assert again == got
+    assert len(seen) == 4 and len(set(seen)) == 1
+    assert json.loads(seen[0]) == {"out_refund_no": "R-1", "out_trade_no": "PF0000000001", "transaction_id": "4200",
+                                   "reason": "damaged", "notify_url": "https://pay.example.com/v1/wechat/notify",
+                                   "amount": {"refund": 500, "total": 1999, "currency": "CNY"}}
+
+
+async def test_refund_query_shapes(client: WechatPayClient, keyset: KeySet) -> None:
+    url = re.compile(rf"^{re.escape(BASE)}/v3/refund/domestic/refunds/.*")
+    success = {"out_refund_no": "R-1", "out_trade_no": "PF0000000001", "refund_id": "5030", "status": "SUCCESS",
+               "success_time": "2026-11-26T20:01:02+08:00", "amount": {"refund": 500, "total": 1999}}
+    with aioresponses() as mocked:
+        mocked.get(url, **_json(keyset, 200, success))
+        mocked.get(url, **_json(keyset, 404, {"code": "RESOURCE_NOT_EXISTS", "message": "退款单不存在"}))
+        mocked.get(url, **_json(keyset, 200, {**success, "out_refund_no": "R-2"}))
+        mocked.get(url, **_json(keyset, 200, {**success, "status": "UNHEARD_OF"}))
+        done = await client.query_refund("R-1")
+        assert done is not None and done.success_time == dt.datetime(2026, 11, 26, 12, 1, 2, tzinfo=dt.UTC)
+        assert await client.query_refund("R-1") is None
+        with pytest.raises(errors.WechatRetryable):  # an answer about another refund is no answer
+            await client.query_refund("R-1")
+        with pytest.raises(errors.WechatRetryable):
+            await client.query_refund("R-1")
