@@ -82,6 +82,48 @@ async def test_the_v3_rebuild_keeps_every_row_and_reference(tmp_path: pathlib.Pa
                            "payments_by_transaction_id"}
 
 
+async def test_the_v5_rebuild_keeps_rows_events_and_their_ids_and_allows_refunded(tmp_path: pathlib.Path) -> None:
+    path = tmp_path / "p.db"
+    db = sqlite3.connect(path, isolation_level=None)
+    db.execute("PRAGMA foreign_keys = OFF")
+    db.execute("BEGIN")
+    for statement in (stmt for migration in MIGRATIONS[:4] for stmt in migration):  # as payflow v4 left it
+        db.execute(statement)
+    db.execute("PRAGMA user_version = 4")
+    db.execute("INSERT INTO payments (out_trade_no, order_id, amount, currency, description, openid, state, version, "
+               "event_id, transaction_id, paid_at, paid_amount, expires_at, attempts, created_at, updated_at, "
+               "trade_type, appid) VALUES ('T1', 'order-1', 100, 'CNY', 'd', 'o', 'synced', 3, 'evt_1', '4200', "
+               "'2026-01-01', 100, '2026-01-01', 0, '2026-01-01', '2026-01-01', 'native', 'wx1')")
+    for trigger in ("create", "pay", "sync"):
+        db.execute("INSERT INTO order_events (out_trade_no, to_state, trigger, source, detail, at) "
+                   "VALUES ('T1', 'synced', ?, 'api', '{\"k\": 1}', '2026-01-01')", (trigger,))
+    with pytest.raises(sqlite3.IntegrityError):  # v4's CHECK knows no `refunded`
+        db.execute("UPDATE payments SET state = 'refunded'")
+    db.execute("COMMIT")
+    db.close()
+    store = await open_store(f"sqlite:///{path}")
+    try:
+        payment = await store.get("T1")
+        assert payment is not None
+        assert (payment.trade_type, payment.appid, payment.paid_amount) == ("native", "wx1", 100)
+        events = await store.events("T1")
+        assert [(e.id, e.trigger, e.detail) for e in events] == [(1, "create", {"k": 1}), (2, "pay", {"k": 1}),
+                                                                 (3, "sync", {"k": 1})]
+        from payflow.states import Source, State, Trigger
+
+        refunded = await store.transition(payment, State.REFUNDED, Trigger.REFUND, source=Source.SWEEPER,
+                                          at=dt.datetime(2026, 1, 2, tzinfo=dt.UTC), detail={"refunded": 100})
+        assert refunded.state is State.REFUNDED
+        assert (await store.events("T1"))[-1].id == 4  # the sequence went on from the copied ids
+    finally:
+        await store.close()
+    with sqlite3.connect(path) as db:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
+        assert db.execute("PRAGMA foreign_key_check").fetchall() == []
+        with pytest.raises(sqlite3.IntegrityError):
+            db.execute("UPDATE payments SET state = 'bogus'")
+
+
 async def test_a_newer_schema_is_refused(tmp_path: pathlib.Path) -> None:
     path = tmp_path / "p.db"
     await (await open_store(f"sqlite:///{path}")).close()
