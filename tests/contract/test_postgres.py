@@ -92,3 +92,45 @@ async def test_the_pool_recovers_after_the_database_drops_every_connection(schem
 async def test_an_unreachable_database_is_a_store_error() -> None:
     with pytest.raises(errors.StoreUnavailable):
         await open_store("postgresql://postgres@127.0.0.1:1/test")
+
+
+async def test_a_v4_database_upgrades_to_refunds_keeping_its_rows(schema_url: tuple[str, str],
+                                                                   postgres: postgres_server.Server) -> None:
+    import datetime as dt
+
+    from payflow.states import State, Trigger
+
+    schema, url = schema_url
+    admin = await asyncpg.connect(postgres.url)
+    try:
+        await admin.execute(f"SET search_path = {schema}")
+        async with admin.transaction():  # the schema as payflow v4 left it
+            for migration in MIGRATIONS[:4]:
+                for statement in migration:
+                    await admin.execute(statement)
+            await admin.execute("CREATE TABLE payflow_schema (version INTEGER NOT NULL)")
+            await admin.execute("INSERT INTO payflow_schema (version) VALUES (1), (2), (3), (4)")
+            await admin.execute(
+                "INSERT INTO payments (out_trade_no, order_id, amount, currency, description, openid, state, version, "
+                "event_id, transaction_id, paid_amount, expires_at, created_at, updated_at) VALUES ('T1', 'order-1', "
+                "100, 'CNY', 'd', 'o', 'synced', 3, 'evt_1', '4200', 100, now(), now(), now())")
+            await admin.execute("INSERT INTO order_events (out_trade_no, to_state, trigger, source, detail, at) "
+                                "VALUES ('T1', 'synced', 'sync', 'backend', '{\"k\": 1}', now())")
+        with pytest.raises(asyncpg.CheckViolationError):  # v4's CHECK knows no `refunded`
+            await admin.execute("UPDATE payments SET state = 'refunded'")
+        store = await open_store(url)
+        try:
+            payment = await store.get("T1")
+            assert payment is not None and payment.paid_amount == 100
+            assert [(e.trigger, e.detail) for e in await store.events("T1")] == [("sync", {"k": 1})]
+            moved = await store.transition(payment, State.REFUNDED, Trigger.REFUND, source=Source.SWEEPER,
+                                           at=dt.datetime.now(dt.UTC), detail={"refunded": 100})
+            assert moved.state is State.REFUNDED
+            refund, created = await store.create_refund(factories.refund(payment), refundable=100, source="api",
+                                                        detail={})
+            assert created and await store.refunds_of("T1") == [refund]
+        finally:
+            await store.close()
+        assert await admin.fetchval("SELECT max(version) FROM payflow_schema") == len(MIGRATIONS)
+    finally:
+        await admin.close()
