@@ -128,10 +128,7 @@ def inspect(environ: Mapping[str, str], out_trade_no: str, *, as_json: bool) -> 
                              "events": [e.view() for e in refund_events]} for refund, refund_events in refunds]}
         print(json.dumps(body, indent=2, ensure_ascii=False))
     else:
-        print(render_timeline(payment, events))
-        for refund, refund_events in refunds:
-            print()
-            print(render_refund(refund, refund_events))
+        print("\n\n".join([render_timeline(payment, events), *(render_refund(r, e) for r, e in refunds)]))
     return 0
 
 

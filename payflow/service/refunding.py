@@ -28,6 +28,7 @@ from payflow.states import refunds as refund_states
 from payflow.states.refunds import RefundState, RefundTrigger
 from payflow.store import DECIDE_RETRIES, Note
 from payflow.wechat.api import RefundAnswer, RefundRequest, WechatApi
+from payflow.wechat.client import parse_refund
 from payflow.wechat.notify import MalformedNotification, VerifiedNotification
 
 log = logs.get_logger("payflow.service")
@@ -38,7 +39,7 @@ OUT_REFUND_NO = re.compile(r"^[0-9A-Za-z_\-|*@]{1,64}$")  # WeChat's charset and
 REASON_MAX = 80  # characters WeChat takes
 # WeChat refused this request, but not the refund: asking again later may succeed.
 RETRY_LATER = frozenset({"SYSTEM_ERROR", "NOT_ENOUGH", "FREQUENCY_LIMITED"})
-# How long a process that just stored a refund keeps it to itself (it submits at once; the sweeper takes over after).
+# WeChat's refund status → the trigger that takes a refund there.
 _STATUS_TRIGGER = {"SUCCESS": RefundTrigger.SUCCEED, "ABNORMAL": RefundTrigger.ABNORMAL,
                    "CLOSED": RefundTrigger.CLOSE, "PROCESSING": RefundTrigger.ACCEPT}
 READ_QUERIES_KEPT = 10_000
@@ -253,8 +254,6 @@ class Refunding:
             log.warning("notification.refused", reason="merchant_mismatch", mchid=resource.get("mchid"))
             raise MalformedNotification("mchid does not belong to this merchant")
         try:
-            from payflow.wechat.client import parse_refund
-
             answer = parse_refund(resource)
         except errors.WechatRetryable as exc:
             raise MalformedNotification(f"refund notification: {exc}") from None

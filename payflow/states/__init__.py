@@ -10,7 +10,7 @@ import enum
 from collections.abc import Mapping
 from typing import Any, Protocol
 
-from payflow.states.table import Guard, Table
+from payflow.states.table import Guard, Table, requires
 
 
 class State(enum.StrEnum):
@@ -86,20 +86,10 @@ def _amount_matches(payment: PaymentLike, payload: Mapping[str, Any]) -> str | N
     return None
 
 
-def _requires(name: str) -> Guard:
-    def guard(payment: PaymentLike, payload: Mapping[str, Any]) -> str | None:
-        value = payload.get(name)
-        if not isinstance(value, str) or not value.strip():
-            return f"{name} is required"
-        return None
-
-    guard.__name__ = f"requires_{name}"
-    return guard
-
 
 def _placed(payment: PaymentLike, payload: Mapping[str, Any]) -> str | None:
     """WeChat's answer to the placement: a prepay_id (JSAPI, mini program, App) or a URL (Native, H5)."""
-    if _requires("prepay_id")(payment, payload) is None or _requires("pay_url")(payment, payload) is None:
+    if requires("prepay_id")(payment, payload) is None or requires("pay_url")(payment, payload) is None:
         return None
     return "prepay_id or pay_url is required"
 
@@ -119,11 +109,11 @@ def _refunded_in_full(payment: PaymentLike, payload: Mapping[str, Any]) -> str |
 # Guards are pure functions of (payment, payload) that return a reason to refuse, or None.
 GUARDS: Mapping[Trigger, tuple[Guard, ...]] = {
     Trigger.PREPAY: (_placed,),
-    Trigger.PAY: (_amount_matches, _requires("transaction_id")),
+    Trigger.PAY: (_amount_matches, requires("transaction_id")),
     Trigger.RECONCILE: (_amount_matches,),
-    Trigger.FLAG: (_requires("reason"),),
-    Trigger.REQUEUE: (_requires("note"),),
-    Trigger.DISMISS: (_requires("note"),),
+    Trigger.FLAG: (requires("reason"),),
+    Trigger.REQUEUE: (requires("note"),),
+    Trigger.DISMISS: (requires("note"),),
     Trigger.REFUND: (_refunded_in_full,),
 }
 

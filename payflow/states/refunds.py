@@ -21,7 +21,7 @@ import enum
 from collections.abc import Mapping
 from typing import Any
 
-from payflow.states.table import Guard, Table
+from payflow.states.table import Guard, Table, requires
 
 
 class RefundState(enum.StrEnum):
@@ -63,16 +63,6 @@ ROWS: tuple[tuple[RefundTrigger, tuple[RefundState, ...], RefundState], ...] = (
 del S, T
 
 
-def _requires(name: str) -> Guard:
-    def guard(refund: Any, payload: Mapping[str, Any]) -> str | None:
-        value = payload.get(name)
-        if not isinstance(value, str) or not value.strip():
-            return f"{name} is required"
-        return None
-
-    guard.__name__ = f"requires_{name}"
-    return guard
-
 
 def _amount_matches(refund: Any, payload: Mapping[str, Any]) -> str | None:
     """WeChat's refunded amount must be the one asked for: anything else is not news about this refund."""
@@ -85,9 +75,9 @@ def _amount_matches(refund: Any, payload: Mapping[str, Any]) -> str | None:
 
 
 GUARDS: Mapping[RefundTrigger, tuple[Guard, ...]] = {
-    RefundTrigger.ACCEPT: (_requires("refund_id"),),
-    RefundTrigger.SUCCEED: (_amount_matches, _requires("refund_id")),
-    RefundTrigger.FAIL: (_requires("code"),),
+    RefundTrigger.ACCEPT: (requires("refund_id"),),
+    RefundTrigger.SUCCEED: (_amount_matches, requires("refund_id")),
+    RefundTrigger.FAIL: (requires("code"),),
 }
 
 TABLE: Table[RefundState, RefundTrigger] = Table(RefundState, RefundTrigger, ROWS, GUARDS)

@@ -101,6 +101,19 @@ class Table(Generic[S, T]):
         return value if value.__class__ is self.triggers else self.triggers(value)
 
 
+def requires(name: str) -> Guard:
+    """A guard refusing a step whose payload lacks the non-blank text `name`."""
+
+    def guard(record: Any, payload: Mapping[str, Any]) -> str | None:
+        value = payload.get(name)
+        if not isinstance(value, str) or not value.strip():
+            return f"{name} is required"
+        return None
+
+    guard.__name__ = f"requires_{name}"
+    return guard
+
+
 def _condition(guards: tuple[Guard, ...]) -> Callable[[EventData], bool]:
     def check(event: EventData) -> bool:
         model: Any = event.model  # a probe with record, payload and rejection (see `machine()`)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import abc
 import dataclasses
 import datetime as dt
+import enum
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -12,6 +13,7 @@ from payflow import errors, logs, models, states
 from payflow.states import State, Trigger
 from payflow.states import refunds as refund_states
 from payflow.states.refunds import RefundState, RefundTrigger
+from payflow.states.table import Table
 
 # Columns a transition or reschedule may change besides state and version.
 CHANGEABLE = frozenset({"prepay_id", "transaction_id", "paid_at", "paid_amount", "next_attempt_at", "attempts",
@@ -71,12 +73,7 @@ def transition_changes(
     """What a backend writes besides state and version, after checking the step against the table (so no
     caller can write a step the state machine does not have). Attempts restart; unscheduled states drop
     their schedule."""
-    if states.destination(payment.state, trigger) is not to:
-        raise errors.IllegalTransition(payment.state.value, trigger.value)
-    values = dict(changes or {})
-    if not CHANGEABLE.issuperset(values):
-        raise ValueError(f"transition cannot change {sorted(set(values) - CHANGEABLE)}")
-    values.setdefault("attempts", 0)
+    values = _checked(states.TABLE, payment, to, trigger, changes, CHANGEABLE)
     if to in UNSCHEDULED:
         values["next_attempt_at"] = None
     return values
@@ -86,11 +83,17 @@ def refund_changes(
     refund: models.Refund, to: RefundState, trigger: RefundTrigger, changes: Mapping[str, Any] | None
 ) -> dict[str, Any]:
     """`transition_changes` for a refund: the step checked against the refund table; attempts restart."""
-    if refund_states.TABLE.destination(refund.state, trigger) is not to:
-        raise errors.IllegalTransition(refund.state.value, trigger.value)
+    return _checked(refund_states.TABLE, refund, to, trigger, changes, REFUND_CHANGEABLE)
+
+
+def _checked(table: Table[Any, Any], record: Any, to: enum.StrEnum, trigger: enum.StrEnum,
+             changes: Mapping[str, Any] | None, changeable: frozenset[str]) -> dict[str, Any]:
+    """The step checked against `table` and the columns against `changeable`; attempts restart."""
+    if table.destination(record.state, trigger) is not to:
+        raise errors.IllegalTransition(record.state.value, trigger.value)
     values = dict(changes or {})
-    if not REFUND_CHANGEABLE.issuperset(values):
-        raise ValueError(f"refund transition cannot change {sorted(set(values) - REFUND_CHANGEABLE)}")
+    if not changeable.issuperset(values):
+        raise ValueError(f"transition cannot change {sorted(set(values) - changeable)}")
     values.setdefault("attempts", 0)
     return values
 

@@ -75,13 +75,7 @@ async def test_sigkill_after_ack_before_forward(
 ) -> None:
     wechat, backend = sims
     port = unused_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PAYFLOW_")}
-    env.update(devkeys.env_lines(keyset, payflow_url=f"http://127.0.0.1:{port}",
-                                 wechat_url=str(wechat.make_url("")).rstrip("/"),
-                                 backend_url=str(backend.make_url(devkeys.BACKEND_SIM_PATH))))
-    env.update(PAYFLOW_DATABASE_URL=f"sqlite:///{tmp_path / 'payflow.db'}", PAYFLOW_PORT=str(port),
-               PAYFLOW_API_TOKEN="api", PAYFLOW_ADMIN_TOKEN="admin", PAYFLOW_LOG_FORMAT="json",
-               PAYFLOW_LEASE="1s", PAYFLOW_SWEEP_INTERVAL="100ms", PAYFLOW_BACKEND_TIMEOUT="30s")
+    env = _serve_env(tmp_path, keyset, wechat, backend, port)
     # The backend holds every event without answering: the first forward is in flight when we kill.
     backend.app[backend_sim.FAULTS].plan = BackendFaults(stall_rate=1.0, stall_seconds=60)
     first = spawn(env)
@@ -116,8 +110,9 @@ async def test_sigkill_after_ack_before_forward(
     assert wechat.app[LEDGER].get(no, dt.datetime.now(dt.UTC)).state == "SUCCESS"
 
 
-def _refund_env(tmp_path: pathlib.Path, keyset: KeySet, wechat: TestServer, backend: TestServer,
-                port: int) -> dict[str, str]:
+def _serve_env(tmp_path: pathlib.Path, keyset: KeySet, wechat: TestServer, backend: TestServer,
+               port: int) -> dict[str, str]:
+    """`serve` on loopback against both simulators, with a one-second lease and a fast sweeper."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("PAYFLOW_")}
     env.update(devkeys.env_lines(keyset, payflow_url=f"http://127.0.0.1:{port}",
                                  wechat_url=str(wechat.make_url("")).rstrip("/"),
@@ -178,7 +173,7 @@ async def test_sigkill_after_a_refund_is_stored_before_wechat_accepted_it(
 
     wechat, backend = sims
     port = unused_port()
-    env = _refund_env(tmp_path, keyset, wechat, backend, port)
+    env = _serve_env(tmp_path, keyset, wechat, backend, port)
     first = spawn(env)
     async with aiohttp.ClientSession() as http:
         no = await _paid_payment(http, port, wechat)
@@ -210,7 +205,7 @@ async def test_sigkill_after_a_refund_succeeded_before_it_was_forwarded(
 ) -> None:
     wechat, backend = sims
     port = unused_port()
-    env = _refund_env(tmp_path, keyset, wechat, backend, port)
+    env = _serve_env(tmp_path, keyset, wechat, backend, port)
     first = spawn(env)
     async with aiohttp.ClientSession() as http:
         no = await _paid_payment(http, port, wechat)

@@ -12,6 +12,7 @@ from payflow import errors
 from payflow.states import refunds
 from payflow.states.refunds import RefundState, RefundTrigger
 from tests import factories
+from tests.unit.test_states import _Probe
 
 EXPECTED = {
     ("created", "accept"): "processing",
@@ -46,14 +47,6 @@ def test_every_state_trigger_pair(state: str, trigger: str) -> None:
             refunds.TABLE.plan(refund, trigger, **VALID_PAYLOAD[trigger])
     else:
         assert refunds.TABLE.plan(refund, trigger, **VALID_PAYLOAD[trigger]) is RefundState(expected)
-
-
-class _Probe:
-    def __init__(self, record: Any, payload: dict[str, Any]) -> None:
-        self.state = record.state.value
-        self.record = record
-        self.payload = payload
-        self.rejection: str | None = None
 
 
 MACHINE = refunds.TABLE.machine()
